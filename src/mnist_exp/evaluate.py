@@ -1,0 +1,60 @@
+"""The final, once-only evaluation on the test set."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import keras
+import numpy as np
+from sklearn.metrics import classification_report, confusion_matrix
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    loss: float
+    accuracy: float
+    labels: np.ndarray
+    probabilities: np.ndarray
+    confusion: np.ndarray
+    report: dict
+    report_text: str
+
+    @property
+    def predicted(self) -> np.ndarray:
+        return self.probabilities.argmax(axis=1)
+
+    def metrics(self, prefix: str = "test") -> dict[str, float]:
+        """Loss, accuracy, macro averages and per-class precision/recall/F1 (by class index)."""
+        out = {f"{prefix}_loss": self.loss, f"{prefix}_accuracy": self.accuracy}
+        macro = self.report["macro avg"]
+        for stat in ("precision", "recall", "f1-score"):
+            name = stat.removesuffix("-score")
+            out[f"{prefix}_{name}_macro"] = macro[stat]
+            for index, class_name in enumerate(self.report["class_names"]):
+                out[f"{prefix}_{name}_{index}"] = self.report[class_name][stat]
+        return out
+
+
+def evaluate(
+    model: keras.Model, images: np.ndarray, labels: np.ndarray, class_names: tuple[str, ...],
+    batch_size: int = 1024,
+) -> Evaluation:
+    """Loss and accuracy from Keras, per-class report and confusion matrix from sklearn."""
+    loss, accuracy = model.evaluate(images, labels, batch_size=batch_size, verbose=0)
+    probabilities = model.predict(images, batch_size=batch_size, verbose=0)
+    predicted = probabilities.argmax(axis=1)
+    indices = list(range(len(class_names)))
+    report = classification_report(labels, predicted, labels=indices, target_names=class_names,
+                                   output_dict=True, zero_division=0)
+    report["class_names"] = list(class_names)
+    text = classification_report(labels, predicted, labels=indices, target_names=class_names,
+                                 digits=4, zero_division=0)
+    return Evaluation(
+        loss=float(loss),
+        accuracy=float(accuracy),
+        labels=np.asarray(labels),
+        probabilities=probabilities,
+        confusion=confusion_matrix(labels, predicted, labels=indices),
+        report=report,
+        report_text=text,
+    )

@@ -1,0 +1,69 @@
+"""The network and its optimizer, built from the config.
+
+Normalisation is the model's first layer, so the logged model takes raw pixels
+(0-255) and whoever serves or reuses it cannot forget to scale them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import keras
+import numpy as np
+
+from mnist_exp.config import ModelConfig, OptimizerConfig
+from mnist_exp.data import IMAGE_SHAPE
+
+_OPTIMIZERS = {
+    "adam": keras.optimizers.Adam,
+    "sgd": keras.optimizers.SGD,
+    "rmsprop": keras.optimizers.RMSprop,
+}
+
+
+def build_model(
+    cfg: ModelConfig,
+    *,
+    num_classes: int,
+    normalization: str = "rescale",
+    train_images: np.ndarray | None = None,
+) -> keras.Model:
+    """Input (28, 28) raw pixels -> normalise -> Flatten -> hidden Dense layers -> softmax.
+
+    `train_images` supplies the pixel mean and variance for normalization="standardize".
+    """
+    layers: list[keras.layers.Layer] = [*_normalization(normalization, train_images),
+                                        keras.layers.Flatten()]
+    for units in cfg.hidden_units:
+        layers.append(keras.layers.Dense(units, activation=cfg.activation))
+        if cfg.dropout > 0:
+            layers.append(keras.layers.Dropout(cfg.dropout))
+    layers.append(keras.layers.Dense(num_classes, activation="softmax"))
+    return keras.Sequential([keras.Input(shape=IMAGE_SHAPE, name="pixels"), *layers],
+                            name=cfg.name)
+
+
+def compile_model(model: keras.Model, optimizer: OptimizerConfig) -> keras.Model:
+    """Attach the optimizer, the sparse categorical cross-entropy loss and accuracy."""
+    model.compile(optimizer=build_optimizer(optimizer),
+                  loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+    return model
+
+
+def build_optimizer(cfg: OptimizerConfig) -> keras.optimizers.Optimizer:
+    """The Keras optimizer named by cfg.name, with every other field as its argument."""
+    kwargs = {key: value for key, value in asdict(cfg).items() if key != "name"}
+    return _OPTIMIZERS[cfg.name](**kwargs)
+
+
+def _normalization(kind: str, train_images: np.ndarray | None) -> list[keras.layers.Layer]:
+    if kind == "rescale":
+        return [keras.layers.Rescaling(1 / 255, name="rescale")]
+    if kind == "standardize":
+        if train_images is None:
+            raise ValueError("normalization='standardize' needs the training images")
+        pixels = train_images.astype(np.float64)
+        return [keras.layers.Normalization(axis=None, mean=pixels.mean(),
+                                           variance=pixels.var(), name="standardize")]
+    return []

@@ -1,0 +1,79 @@
+"""Figures of a run: learning curves, confusion matrix, sample predictions.
+
+Built on matplotlib's object API (no pyplot state), so they are safe in parallel jobs
+and need no display.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from matplotlib.figure import Figure
+from sklearn.metrics import ConfusionMatrixDisplay
+
+
+def plot_curves(history: dict[str, list[float]]) -> Figure:
+    """Training and validation loss and accuracy per epoch, side by side."""
+    fig = Figure(figsize=(11, 4), layout="constrained")
+    for ax, metric in zip(fig.subplots(1, 2), ("loss", "accuracy"), strict=True):
+        epochs = np.arange(1, len(history[metric]) + 1)
+        ax.plot(epochs, history[metric], marker="o", markersize=3, label="training")
+        if f"val_{metric}" in history:
+            ax.plot(epochs, history[f"val_{metric}"], marker="o", markersize=3,
+                    label="validation")
+        ax.set(title=metric.capitalize(), xlabel="epoch", ylabel=metric)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    return fig
+
+
+def plot_confusion_matrix(confusion: np.ndarray, class_names: tuple[str, ...]) -> Figure:
+    """Counts of test images by true (rows) and predicted (columns) class."""
+    fig = Figure(figsize=(8, 7), layout="constrained")
+    ax = fig.subplots()
+    long_names = max(len(name) for name in class_names) > 2
+    ConfusionMatrixDisplay(confusion, display_labels=list(class_names)).plot(
+        ax=ax, cmap="Blues", colorbar=False, values_format="d",
+        xticks_rotation=45 if long_names else "horizontal")
+    accuracy = np.trace(confusion) / confusion.sum()
+    ax.set_title(f"Test set confusion matrix (accuracy {accuracy:.2%})")
+    return fig
+
+
+def plot_predictions(
+    images: np.ndarray,
+    labels: np.ndarray | None,
+    probabilities: np.ndarray,
+    class_names: tuple[str, ...],
+    titles: list[str] | None = None,
+    columns: int = 8,
+) -> Figure:
+    """A grid of images with predicted class and probability; mistakes in red."""
+    rows = math.ceil(len(images) / columns)
+    fig = Figure(figsize=(1.5 * columns, 1.75 * rows), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(rows, columns, squeeze=False)).ravel()
+    predicted = probabilities.argmax(axis=1)
+    for i, ax in enumerate(axes):
+        ax.axis("off")
+        if i >= len(images):
+            continue
+        ax.imshow(images[i], cmap="gray_r", vmin=0, vmax=255)
+        guess = f"{class_names[predicted[i]]} ({probabilities[i, predicted[i]]:.0%})"
+        wrong = labels is not None and predicted[i] != labels[i]
+        head = titles[i] if titles else (f"true {class_names[labels[i]]}" if labels is not None
+                                         else "")
+        ax.set_title(f"{head}\n{'✗ ' if wrong else ''}{guess}", fontsize=7,
+                     color="crimson" if wrong else "black")
+    return fig
+
+
+def pick_samples(labels: np.ndarray, probabilities: np.ndarray, count: int = 32,
+                 mistakes: int = 8) -> np.ndarray:
+    """The first test images, with the most confident mistakes put last so some always show."""
+    predicted = probabilities.argmax(axis=1)
+    wrong = np.flatnonzero(predicted != labels)
+    wrong = wrong[np.argsort(-probabilities[wrong, predicted[wrong]])][:mistakes]
+    right = np.setdiff1d(np.arange(len(labels)), wrong)[: count - len(wrong)]
+    return np.concatenate([right, wrong]).astype(int)

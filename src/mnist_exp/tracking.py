@@ -1,0 +1,203 @@
+"""Everything MLflow: where runs go and what each run records.
+
+Default store: MLflow 3's own default layout, made absolute, a SQLite database
+`mlflow.db` in the launch folder with artifacts in `mlruns/` beside it, so plain
+`mlflow ui` started there shows every run.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import types
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import keras
+import mlflow
+import numpy as np
+from matplotlib.figure import Figure
+from mlflow.entities import RunStatus
+from mlflow.models import infer_signature
+from omegaconf import OmegaConf
+
+from mnist_exp import __version__
+from mnist_exp.config import Config, UserError, first_line, to_dict
+from mnist_exp.data import Dataset
+from mnist_exp.evaluate import Evaluation
+
+DEFAULT_DB = "mlflow.db"
+DEFAULT_ARTIFACTS = "mlruns"
+MODEL_NAME = "model"
+
+
+class TrackingError(UserError):
+    """The tracking store cannot be used as configured."""
+
+
+def resolve_tracking_uri(configured: str | None, launch_dir: Path) -> str:
+    """The config's URI, else $MLFLOW_TRACKING_URI, else sqlite:///<launch_dir>/mlflow.db."""
+    return (configured or os.environ.get("MLFLOW_TRACKING_URI")
+            or f"sqlite:///{(launch_dir / DEFAULT_DB).resolve()}")
+
+
+def prepare_experiment(uri: str, name: str) -> str:
+    """Point MLflow at `uri` and return the id of experiment `name`, creating it if needed.
+
+    In a SQLite store, new experiments keep their artifacts in mlruns/ beside the
+    database; a tracking server chooses its own artifact location.
+    """
+    mlflow.set_tracking_uri(uri)
+    client = mlflow.MlflowClient()
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        return client.create_experiment(name, artifact_location=_artifact_root(uri))
+    if experiment.lifecycle_stage == "deleted":
+        raise TrackingError(f"MLflow experiment {name!r} is deleted; restore it in mlflow ui or "
+                            "set tracking.experiment_name to another name")
+    return experiment.experiment_id
+
+
+def _artifact_root(uri: str) -> str | None:
+    if not uri.startswith("sqlite:///"):
+        return None
+    database = Path(uri.removeprefix("sqlite:///").split("?")[0])
+    return (database.parent / DEFAULT_ARTIFACTS).resolve().as_uri()
+
+
+@contextmanager
+def tracked_run(experiment_id: str, run_name: str, tags: dict[str, str]) -> Iterator[str]:
+    """An active MLflow run (its id is yielded) that always ends: FINISHED, FAILED with the
+    error as a tag, or KILLED on Ctrl-C."""
+    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags) as run:
+        try:
+            yield run.info.run_id
+        except KeyboardInterrupt:
+            mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
+            raise
+        except BaseException as e:
+            mlflow.set_tag("error", f"{type(e).__name__}: {first_line(e)}"[:5000])
+            raise
+
+
+def run_tags(overrides: tuple[str, ...]) -> dict[str, str]:
+    """Provenance: package version, git commit and dirtiness, the command and its overrides."""
+    tags = {
+        "mnist_exp.version": __version__,
+        "overrides": " ".join(overrides),
+        "command": " ".join(["python -m mnist_exp.run", *sys.argv[1:]]),
+    }
+    commit, dirty = _git_state(Path(__file__).resolve().parent)
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+        tags["git.dirty"] = str(dirty).lower()
+    return tags
+
+
+def log_config(config: Config, hydra_dir: Path | None) -> None:
+    """The resolved config as params (dotted keys) and as config.yaml; Hydra's own record
+    of the job (.hydra/: config, overrides) under hydra/."""
+    values = to_dict(config)
+    mlflow.log_params(flatten(values))
+    mlflow.log_text(OmegaConf.to_yaml(values), "config.yaml")
+    if hydra_dir is not None and hydra_dir.is_dir():
+        mlflow.log_artifacts(str(hydra_dir), "hydra")
+
+
+def log_datasets(data: Dataset) -> None:
+    """Each split as an MLflow dataset input (name, digest, shape, source)."""
+    splits = {"training": (data.x_train, data.y_train), "validation": (data.x_val, data.y_val),
+              "test": (data.x_test, data.y_test)}
+    for context, (images, labels) in splits.items():
+        with warnings.catch_warnings():  # MLflow registers the local source type twice
+            warnings.filterwarnings("ignore", "The specified dataset source can be interpreted")
+            dataset = mlflow.data.from_numpy(images, targets=labels, source=data.source,
+                                             name=f"{data.name}-{context}")
+        mlflow.log_input(dataset, context=context)
+
+
+def log_evaluation(evaluation: Evaluation, final_val: dict[str, float],
+                   figures: dict[str, Figure]) -> None:
+    """Test metrics (overall and per class), the kept model's validation scores, the
+    classification report and the figures."""
+    mlflow.log_metrics({**evaluation.metrics("test"),
+                        **{f"final_val_{k}": v for k, v in final_val.items()}})
+    mlflow.log_text(evaluation.report_text, "classification_report.txt")
+    mlflow.log_dict({k: v for k, v in evaluation.report.items() if k != "class_names"},
+                    "classification_report.json")
+    for name, figure in figures.items():
+        mlflow.log_figure(figure, name)
+
+
+def log_model(model: keras.Model, example: np.ndarray) -> str:
+    """Log the model with MLflow's Keras flavour, a signature and an input example; return
+    its URI (models:/<model id>)."""
+    example = example.astype(np.float32)
+    signature = infer_signature(example, model.predict(example, verbose=0))
+    info = mlflow.models.Model.log(
+        artifact_path=None,
+        name=MODEL_NAME,
+        flavor=_KERAS_FLAVOR,
+        model=model,
+        signature=signature,
+        input_example=example,
+        # Explicit requirements: inferring them costs ~10 s in a subprocess importing TF.
+        pip_requirements=[f"{pkg}=={version(pkg)}" for pkg in ("tensorflow", "keras", "numpy")],
+    )
+    return info.model_uri
+
+
+class EpochLogger(mlflow.keras.MlflowCallback):
+    """MLflow's Keras callback plus the learning rate per epoch, minus its step-less
+    duplicates of the validation metrics (Keras already reports val_* per epoch)."""
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        rate = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        super().on_epoch_end(epoch, {**(logs or {}), "learning_rate": rate})
+
+    def on_test_end(self, logs: dict[str, Any] | None = None) -> None:
+        pass
+
+
+def log_files(*paths: Path | None) -> None:
+    """Attach existing files (e.g. the job's log) to the active run."""
+    for path in paths:
+        if path is not None and path.is_file():
+            mlflow.log_artifact(str(path))
+
+
+def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}; lists stay whole ("[128, 32]")."""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def _save_keras_model(path: str, **kwargs: Any) -> None:
+    # MLflow 3.17's keras save_model writes the input example before creating the model
+    # folder (FileNotFoundError); creating the folder first lets the example be recorded.
+    os.makedirs(path, exist_ok=True)
+    mlflow.keras.save_model(path=path, **kwargs)
+
+
+_KERAS_FLAVOR = types.SimpleNamespace(__name__="mlflow.keras", save_model=_save_keras_model)
+
+
+def _git_state(folder: Path) -> tuple[str | None, bool]:
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=folder, capture_output=True, text=True,
+                              check=True, timeout=10).stdout.strip()
+    try:
+        return git("rev-parse", "HEAD"), bool(git("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.SubprocessError):
+        return None, False
