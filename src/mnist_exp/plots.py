@@ -7,6 +7,7 @@ and need no display.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -44,13 +45,14 @@ def plot_confusion_matrix(confusion: np.ndarray, class_names: tuple[str, ...]) -
 
 def plot_predictions(
     images: np.ndarray,
-    labels: np.ndarray | None,
+    labels: Sequence[int | None] | None,
     probabilities: np.ndarray,
     class_names: tuple[str, ...],
     titles: list[str] | None = None,
     columns: int = 8,
 ) -> Figure:
-    """A grid of images with predicted class and probability; mistakes in red."""
+    """A grid of images with predicted class and probability; mistakes in red. A label of
+    None (or labels=None) means the truth is unknown."""
     rows = math.ceil(len(images) / columns)
     fig = Figure(figsize=(1.5 * columns, 1.75 * rows), layout="constrained")
     axes = np.atleast_1d(fig.subplots(rows, columns, squeeze=False)).ravel()
@@ -61,9 +63,11 @@ def plot_predictions(
             continue
         ax.imshow(images[i], cmap="gray_r", vmin=0, vmax=255)
         guess = f"{class_names[predicted[i]]} ({probabilities[i, predicted[i]]:.0%})"
-        wrong = labels is not None and predicted[i] != labels[i]
-        head = titles[i] if titles else (f"true {class_names[labels[i]]}" if labels is not None
-                                         else "")
+        truth = None if labels is None else labels[i]
+        wrong = truth is not None and predicted[i] != truth
+        head = titles[i] if titles else ""
+        if truth is not None:
+            head = f"{head}\ntrue {class_names[truth]}".strip()
         ax.set_title(f"{head}\n{'✗ ' if wrong else ''}{guess}", fontsize=7,
                      color="crimson" if wrong else "black")
     return fig

@@ -34,7 +34,7 @@ def main(cfg: DictConfig) -> float:
     """Run one experiment; return its validation accuracy for Hydra's sweepers."""
     try:
         config = parse_config(cfg)
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ start-up chatter
         from mnist_exp.pipeline import run_experiment  # heavy imports only once the config is valid
 
         result = run_experiment(config, _context())

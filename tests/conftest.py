@@ -1,0 +1,80 @@
+"""Shared fixtures: the real config, real data from ../shared, one real tiny run."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from mnist_exp.run import CONF_DIR
+
+ROOT = Path(__file__).resolve().parents[1]
+DATASETS = ROOT.parent / "shared" / "datasets"
+MINI = DATASETS / "mnist-mini"
+T10K = DATASETS / "mnist-t10k"
+
+# A few hundred real digits and two epochs: enough to learn something, quick to run.
+TINY = ("data.max_train_samples=600", "data.max_test_samples=300", "trainer.epochs=2")
+
+
+def needs(folder: Path) -> Path:
+    if not folder.is_dir():
+        pytest.skip(f"{folder} is not here (the shared datasets sit beside the checkout)")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def mini() -> Path:
+    return needs(MINI)
+
+
+@pytest.fixture(scope="session")
+def t10k() -> Path:
+    return needs(T10K)
+
+
+def compose_config(*overrides: str):
+    """The real config, composed by Hydra as the entry point would."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("config", overrides=list(overrides))
+
+
+def run_module(module: str, *args: str, cwd: Path, env: dict | None = None,
+               timeout: int = 600) -> subprocess.CompletedProcess:
+    """`python -m module args...` in `cwd`, as a user would type it."""
+    full_env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    full_env.update({"TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})})
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+_NATIVE_LOG = re.compile(r"^([IWEF]\d{4} |WARNING: All log messages before absl)")
+
+
+def own_lines(stderr: str) -> list[str]:
+    """stderr without TensorFlow's native start-up log lines, which no setting silences."""
+    return [line for line in stderr.strip().splitlines() if not _NATIVE_LOG.match(line)]
+
+
+@dataclass(frozen=True)
+class TinyRun:
+    workdir: Path
+    tracking_uri: str
+    process: subprocess.CompletedProcess
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, mini) -> TinyRun:
+    """The whole runner, end to end, into a temporary tracking store (default layout:
+    mlflow.db and mlruns/ in the launch folder)."""
+    workdir = tmp_path_factory.mktemp("tiny_run")
+    process = run_module("mnist_exp.run", f"data.path={mini}", *TINY,
+                         "hydra.run.dir=hydra_out", cwd=workdir)
+    assert process.returncode == 0, process.stderr[-3000:]
+    return TinyRun(workdir, f"sqlite:///{workdir / 'mlflow.db'}", process)

@@ -1,0 +1,108 @@
+"""Every config group composes; every mistake stops at once with one clear line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from conftest import compose_config, own_lines, run_module
+from mnist_exp.config import ConfigError, parse_config
+from mnist_exp.run import CONF_DIR
+
+GROUPS = ["data", "model", "optimizer", "trainer", "tracking", "experiment"]
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize(
+    "override", [f"{group}={option}" for group in GROUPS for option in options(group)])
+def test_every_group_option_composes_and_validates(override):
+    config = parse_config(compose_config(override))
+    group, option = override.split("=")
+    if group in ("data", "model", "optimizer"):
+        assert getattr(config, group).name == option
+
+
+def test_groups_have_the_options_users_expect():
+    assert {"mnist", "fashion_mnist"} <= set(options("data"))
+    assert {"adam", "sgd", "rmsprop"} <= set(options("optimizer"))
+    assert "mlp" in options("model")
+    assert "seed_notebook" in options("experiment")
+
+
+def test_seed_notebook_is_the_reference_recipe():
+    c = parse_config(compose_config("experiment=seed_notebook"))
+    assert (c.model.hidden_units, c.model.activation, c.model.dropout) == ([128, 32], "relu", 0)
+    assert (c.optimizer.name, c.optimizer.learning_rate) == ("adam", 0.001)
+    assert (c.trainer.epochs, c.trainer.batch_size) == (25, 32)
+    assert not c.trainer.early_stopping.enabled
+    assert (c.data.validation_split, c.data.normalization) == (0.2, "rescale")
+
+
+def test_command_line_beats_the_preset():
+    c = parse_config(compose_config("experiment=seed_notebook", "optimizer=sgd",
+                                    "data=fashion_mnist", "trainer.epochs=3"))
+    assert (c.optimizer.name, c.data.name, c.trainer.epochs) == ("sgd", "fashion_mnist", 3)
+    assert c.tracking.experiment_name == "fashion_mnist"
+
+
+BAD = [
+    ("optimizer.name=adamw", "optimizer.name"),
+    ("trainer.epochs=0", "trainer.epochs"),
+    ("trainer.epochs=ten", "trainer.epochs"),
+    ("trainer.epochs=2.5", "trainer.epochs"),
+    ("trainer.batch_size=-8", "trainer.batch_size"),
+    ("data.validation_split=1.5", "data.validation_split"),
+    ("data.validation_split=0", "data.validation_split"),
+    ("model.hidden_units=[]", "model.hidden_units"),
+    ("model.hidden_units=[128,0]", "model.hidden_units"),
+    ("model.dropout=1.0", "model.dropout"),
+    ("model.activation=relux", "model.activation"),
+    ("optimizer.learning_rate=0", "optimizer.learning_rate"),
+    ("optimizer.beta_1=1.2", "optimizer.beta_1"),
+    ("data.normalization=zscore", "data.normalization"),
+    ("data.name=cifar10", "data.name"),
+    ("data.path=/no/such/folder", "data.path"),
+    ("+trainer.epoch=3", "trainer.epoch"),
+    ("+optimizer.momentum=0.9", "optimizer.momentum"),
+    ("trainer.early_stopping.monitor=val_f1", "trainer.early_stopping.monitor"),
+    ("trainer.seed=-1", "trainer.seed"),
+]
+
+
+@pytest.mark.parametrize(("override", "key"), BAD)
+def test_bad_value_names_the_key(override, key):
+    with pytest.raises(ConfigError) as error:
+        parse_config(compose_config(override))
+    message = str(error.value)
+    assert message.startswith(f"{key}:"), message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("override", ["trainer.epochs=0", "optimizer.name=adamw"])
+def test_cli_bad_config_is_one_line_and_leaves_nothing(tmp_path, override):
+    result = run_module("mnist_exp.run", override, "hydra.run.dir=out", cwd=tmp_path)
+    assert result.returncode == 2
+    lines = own_lines(result.stderr)
+    assert len(lines) == 1 and lines[0].startswith("mnist-exp: error:"), result.stderr
+    assert override.split("=")[0] in lines[0]
+    assert "Traceback" not in result.stdout + result.stderr
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlruns").exists()
+
+
+def test_help_and_validation_import_nothing_heavy():
+    code = ("import sys; from mnist_exp import run, config; "
+            "heavy = {'tensorflow', 'keras', 'mlflow'} & set(sys.modules); "
+            "assert not heavy, heavy")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_cli_help_answers(tmp_path):
+    result = run_module("mnist_exp.run", "--help", cwd=tmp_path)
+    assert result.returncode == 0
+    for group in GROUPS:
+        assert group in result.stdout

@@ -1,0 +1,141 @@
+"""The whole runner on tiny real data, read back from the tracking store it wrote."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+
+from conftest import TINY, compose_config
+from mnist_exp.config import parse_config
+from mnist_exp.data import load_idx_folder
+from mnist_exp.pipeline import RunContext, run_experiment
+
+
+@pytest.fixture(scope="module")
+def client(tiny_run):
+    mlflow.set_tracking_uri(tiny_run.tracking_uri)
+    return mlflow.MlflowClient(tiny_run.tracking_uri)
+
+
+@pytest.fixture(scope="module")
+def run(client):
+    experiment = client.get_experiment_by_name("mnist")
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 1
+    return runs[0]
+
+
+def test_default_store_is_mlflow_db_with_artifacts_in_mlruns(tiny_run, client):
+    assert (tiny_run.workdir / "mlflow.db").is_file()
+    experiment = client.get_experiment_by_name("mnist")
+    assert experiment.artifact_location == (tiny_run.workdir / "mlruns").as_uri()
+    assert not (tiny_run.workdir / "outputs").exists()  # hydra.run.dir was redirected
+
+
+def test_run_finished_with_the_whole_config_as_params(run):
+    assert run.info.status == "FINISHED"
+    params = run.data.params
+    assert params["trainer.epochs"] == "2"
+    assert params["model.hidden_units"] == "[128, 32]"
+    assert params["optimizer.name"] == "adam"
+    assert params["data.max_train_samples"] == "600"
+    assert params["trainer.early_stopping.patience"] == "3"
+
+
+def test_per_epoch_history(client, run):
+    for metric in ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate"):
+        history = client.get_metric_history(run.info.run_id, metric)
+        assert [m.step for m in history] == [0, 1], metric
+    losses = [m.value for m in client.get_metric_history(run.info.run_id, "loss")]
+    assert losses[1] < losses[0]
+
+
+def test_final_test_metrics(run):
+    metrics = run.data.metrics
+    assert 0.6 < metrics["test_accuracy"] <= 1.0  # 2 epochs on 480 digits learn something
+    assert metrics["test_loss"] > 0
+    for stat in ("precision", "recall", "f1"):
+        per_class = [metrics[f"test_{stat}_{i}"] for i in range(10)]
+        assert all(0 <= v <= 1 for v in per_class)
+        assert metrics[f"test_{stat}_macro"] == pytest.approx(np.mean(per_class), abs=1e-6)
+    assert 0 < metrics["final_val_accuracy"] <= 1
+
+
+def test_summary_names_accuracy_run_and_how_to_browse(tiny_run, run):
+    out = tiny_run.process.stdout
+    assert f"Test accuracy {run.data.metrics['test_accuracy']:.4f}" in out
+    assert run.info.run_id in out
+    assert "mlflow ui" in out
+
+
+def test_artifacts(client, run):
+    def walk(path=None):
+        for item in client.list_artifacts(run.info.run_id, path):
+            yield from walk(item.path) if item.is_dir else [item.path]
+
+    artifacts = set(walk())
+    assert {"curves.png", "confusion_matrix.png", "sample_predictions.png",
+            "classification_report.txt", "classification_report.json", "config.yaml",
+            "hydra/config.yaml", "hydra/overrides.yaml", "model_summary.txt"} <= artifacts
+    local = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="curves.png")
+    assert Path(local).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report = mlflow.artifacts.load_text(f"{run.info.artifact_uri}/classification_report.txt")
+    assert "precision" in report and "macro avg" in report
+
+
+def test_model_loads_and_predicts_like_keras(client, run, mini):
+    [output] = run.outputs.model_outputs
+    uri = f"models:/{output.model_id}"
+    (_, _), (x_test, _) = load_idx_folder(mini)
+    images = x_test[:64].astype(np.float32)
+    by_pyfunc = np.asarray(mlflow.pyfunc.load_model(uri).predict(images))
+    by_keras = mlflow.keras.load_model(uri).predict(images, verbose=0)
+    np.testing.assert_allclose(by_pyfunc, by_keras, rtol=1e-6)
+    assert by_pyfunc.shape == (64, 10)
+    np.testing.assert_allclose(by_pyfunc.sum(axis=1), 1, rtol=1e-5)
+    model = mlflow.models.get_model_info(uri)
+    assert model.signature.inputs.to_dict()[0]["tensor-spec"]["shape"] == (-1, 28, 28)
+    assert model.saved_input_example_info is not None
+    by_run_uri = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model").predict(images)
+    np.testing.assert_allclose(np.asarray(by_run_uri), by_pyfunc, rtol=1e-6)
+
+
+def test_datasets_and_tags(run):
+    inputs = {i.tags[0].value: i.dataset for i in run.inputs.dataset_inputs}
+    assert set(inputs) == {"training", "validation", "test"}
+    assert all(d.digest for d in inputs.values())
+    assert '"features_shape": [480, 28, 28]' in inputs["training"].profile
+    assert '"features_shape": [300, 28, 28]' in inputs["test"].profile
+    tags = run.data.tags
+    assert "trainer.epochs=2" in tags["overrides"]
+    assert tags["mnist_exp.version"]
+    assert tags.get("git.dirty") in ("true", "false", None)
+
+
+def test_same_seed_same_result_in_process(mini, tmp_path):
+    def once(tag):
+        config = parse_config(compose_config(
+            f"data.path={mini}", *TINY, "trainer.deterministic=true",
+            "tracking.log_model=false", f"tracking.uri=sqlite:///{tmp_path / 'db.sqlite'}",
+            f"tracking.run_name={tag}"))
+        return run_experiment(config, RunContext(launch_dir=tmp_path, progress_bar=False))
+
+    first, second = once("a"), once("b")
+    assert first.test_accuracy == second.test_accuracy
+    assert first.val_accuracy == second.val_accuracy
+    assert first.run_id != second.run_id and first.model_uri is None
+
+
+def test_a_run_that_raises_is_marked_failed_with_the_error(tmp_path):
+    from mnist_exp import tracking
+
+    uri = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    experiment_id = tracking.prepare_experiment(uri, "failing")
+    with pytest.raises(RuntimeError), tracking.tracked_run(experiment_id, "boom", {}) as run_id:
+        raise RuntimeError("disk full")
+    run = mlflow.MlflowClient(uri).get_run(run_id)
+    assert run.info.status == "FAILED"
+    assert run.data.tags["error"] == "RuntimeError: disk full"
