@@ -20,6 +20,7 @@ MINI = DATASETS / "mnist-mini"
 T10K = DATASETS / "mnist-t10k"
 
 # A few hundred real digits and two epochs: enough to learn something, quick to run.
+SECRET = "s3cr3t-t0ken-in-the-environment"
 TINY = ("data.max_train_samples=600", "data.max_test_samples=300", "trainer.epochs=2")
 
 
@@ -54,11 +55,13 @@ def run_module(module: str, *args: str, cwd: Path, env: dict | None = None,
                           capture_output=True, text=True, timeout=timeout)
 
 
-_NATIVE_LOG = re.compile(r"^([IWEF]\d{4} |WARNING: All log messages before absl)")
+_NATIVE_LOG = re.compile(r"^([IWEF]\d{4} |WARNING: All log messages before absl"
+                         r"|\d{4}/\d\d/\d\d \d\d:\d\d:\d\d INFO mlflow)")
 
 
 def own_lines(stderr: str) -> list[str]:
-    """stderr without TensorFlow's native start-up log lines, which no setting silences."""
+    """stderr without TensorFlow's native start-up log (which no setting silences) and
+    MLflow's INFO notes (e.g. that it created the database)."""
     return [line for line in stderr.strip().splitlines() if not _NATIVE_LOG.match(line)]
 
 
@@ -75,6 +78,7 @@ def tiny_run(tmp_path_factory, mini) -> TinyRun:
     mlflow.db and mlruns/ in the launch folder)."""
     workdir = tmp_path_factory.mktemp("tiny_run")
     process = run_module("mnist_exp.run", f"data.path={mini}", *TINY,
-                         "hydra.run.dir=hydra_out", cwd=workdir)
+                         "hydra.run.dir=hydra_out", cwd=workdir,
+                         env={"MNIST_EXP_TEST_SECRET": SECRET})
     assert process.returncode == 0, process.stderr[-3000:]
     return TinyRun(workdir, f"sqlite:///{workdir / 'mlflow.db'}", process)

@@ -32,7 +32,8 @@ def test_default_store_is_mlflow_db_with_artifacts_in_mlruns(tiny_run, client):
     assert (tiny_run.workdir / "mlflow.db").is_file()
     experiment = client.get_experiment_by_name("mnist")
     assert experiment.artifact_location == (tiny_run.workdir / "mlruns").as_uri()
-    assert not (tiny_run.workdir / "outputs").exists()  # hydra.run.dir was redirected
+    assert not (tiny_run.workdir / "outputs" / "runs").exists()  # hydra.run.dir redirected
+    assert not list(tiny_run.workdir.glob("outputs/checkpoints/*"))  # removed once finished
 
 
 def test_run_finished_with_the_whole_config_as_params(run):

@@ -103,6 +103,7 @@ class TrainerConfig:
     batch_size: int = 32
     seed: int = 42
     deterministic: bool = False
+    resume: bool = False
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
 
 
@@ -231,6 +232,16 @@ def _check_ranges(c: Config) -> None:
             checks.append((f"optimizer.{attr}", value, 0 <= value < 1, f"a number in {allowed}"))
     if hasattr(o, "epsilon"):
         checks.append(("optimizer.epsilon", o.epsilon, _positive(o.epsilon), "a number > 0"))
+    if d.max_train_samples is not None:  # settings that contradict each other
+        n_val = round(d.max_train_samples * d.validation_split)
+        checks.append(("data.validation_split", d.validation_split,
+                       1 <= n_val < d.max_train_samples,
+                       f"a split leaving 1 to {d.max_train_samples - 1} of "
+                       f"data.max_train_samples={d.max_train_samples} for validation"))
+        checks.append(("trainer.batch_size", t.batch_size,
+                       t.batch_size <= d.max_train_samples - n_val,
+                       f"at most the {d.max_train_samples - n_val} training samples left by "
+                       "data.max_train_samples and data.validation_split"))
     for key, value, ok, allowed in checks:
         if not ok:
             raise ConfigError(f"{key}: got {value!r}; allowed: {allowed}")

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mnist_exp import plots, tracking
+from mnist_exp.checkpoints import checkpoint_for
 from mnist_exp.config import Config
 from mnist_exp.data import Dataset, load_dataset
 from mnist_exp.evaluate import evaluate
@@ -66,12 +67,18 @@ def run_experiment(config: Config, context: RunContext = RunContext()) -> RunRes
         model.summary(print_fn=log.info)
 
     run_name = config.tracking.run_name or default_run_name(context.overrides)
-    with tracking.tracked_run(experiment_id, run_name, tracking.run_tags(context.overrides)) \
-            as run_id:
-        tracking.log_config(config, context.hydra_dir)
-        tracking.log_datasets(data)
-        history = fit(model, data, t, callbacks=[tracking.EpochLogger()],
-                      verbose=1 if context.progress_bar else 2)
+    checkpoint = checkpoint_for(config, context.launch_dir)
+    resume_id = checkpoint.run_to_resume(t.resume)
+
+    with tracking.tracked_run(experiment_id, run_name, tracking.run_tags(context.overrides),
+                              resume_run_id=resume_id) as run_id:
+        checkpoint.claim(run_id)
+        if resume_id is None:
+            tracking.log_config(config, context.hydra_dir)
+            tracking.log_datasets(data)
+        fit(model, data, t, callbacks=[tracking.EpochLogger()],
+            verbose=1 if context.progress_bar else 2, backup_dir=checkpoint.backup_dir)
+        history = tracking.epoch_history(run_id)
         # The kept model's validation score (with early stopping that is the best epoch's,
         # not the last's): what sweeps optimise. The test set is touched once, after it.
         val_loss, val_accuracy = model.evaluate(data.x_val, data.y_val, batch_size=1024,
@@ -82,9 +89,11 @@ def run_experiment(config: Config, context: RunContext = RunContext()) -> RunRes
         model_uri = (tracking.log_model(model, data.x_test[:2]) if config.tracking.log_model
                      else None)
         tracking.log_files(context.log_file)
+    checkpoint.discard()
     return RunResult(run_id=run_id, run_name=run_name, experiment_id=experiment_id,
-                     tracking_uri=uri, model_uri=model_uri, val_accuracy=float(val_accuracy),
-                     test_accuracy=test.accuracy, test_loss=test.loss)
+                     tracking_uri=tracking.redact(uri), model_uri=model_uri,
+                     val_accuracy=float(val_accuracy), test_accuracy=test.accuracy,
+                     test_loss=test.loss)
 
 
 def default_run_name(overrides: tuple[str, ...]) -> str:

@@ -1,22 +1,27 @@
 """Command-line entry point: `python -m mnist_exp.run [group=option] [key=value] ...`.
 
-The only module that knows about Hydra. The config is checked before TensorFlow or
-MLflow is imported, so `--help`, `--cfg job` and a typo answer in about a second.
+The only module that knows about Hydra. A single run's overrides are composed and
+checked before Hydra creates its output folder and before TensorFlow or MLflow is
+imported, so `--help`, `--cfg job` and a typo answer in about a second and leave
+nothing behind.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
+import signal
 import sys
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException, MissingConfigException
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from mnist_exp.config import UserError, parse_config
+from mnist_exp.config import ConfigError, UserError, parse_config
 
 log = logging.getLogger("mnist_exp")
 
@@ -29,9 +34,50 @@ def _config_dir() -> Path:
 CONF_DIR = _config_dir()
 
 
+_HYDRA_FLAGS = ("-m", "--multirun", "-h", "--help", "--hydra-help", "-c", "--cfg", "-i", "--info",
+                "--shell-completion", "-sc", "-p", "--package", "--resolve")
+
+
+def main() -> None:
+    """`python -m mnist_exp.run`: check the overrides, then hand over to Hydra."""
+    args = sys.argv[1:]
+    if not any(a.split("=")[0] in _HYDRA_FLAGS for a in args):
+        try:
+            check_overrides(args)
+        except UserError as e:
+            _exit_with(e)
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill` ends the run like Ctrl-C: KILLED
+    experiment()
+
+
+def check_overrides(overrides: list[str]) -> None:
+    """Compose and validate a single run's config; raise ConfigError with one line."""
+    from hydra import compose, initialize_config_dir
+
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            parse_config(compose("config", overrides=overrides))
+    except MissingConfigException as e:
+        group, _, option = (e.missing_cfg_file or "").rpartition("/")
+        allowed = ", ".join(sorted(e.options or []))
+        raise ConfigError(f"{group}={option}: no such option; allowed: {allowed}") from None
+    except HydraException as e:
+        unknown = re.match(r"Could not override '([^']+)'", str(e))
+        if unknown:  # let the schema name the allowed keys: compose with the key appended
+            key = unknown.group(1)
+            check_overrides([f"+{o}" if o.split("=")[0] == key else o for o in overrides])
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        raise ConfigError(" ".join(lines[:2])) from None
+
+
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
-def main(cfg: DictConfig) -> float:
-    """Run one experiment; return its validation accuracy for Hydra's sweepers."""
+def experiment(cfg: DictConfig) -> float:
+    """Run one experiment; return its validation accuracy for Hydra's sweepers.
+
+    In a sweep, a failing job is reported and recorded, and the other jobs go on
+    (Hydra re-raises the first failure once all have run).
+    """
+    sweeping = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         config = parse_config(cfg)
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ start-up chatter
@@ -39,13 +85,25 @@ def main(cfg: DictConfig) -> float:
 
         result = run_experiment(config, _context())
     except UserError as e:
-        print(f"mnist-exp: error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+        if sweeping:
+            log.error("job failed: %s", e)
+            raise
+        _exit_with(e)
     except KeyboardInterrupt:
-        print("mnist-exp: interrupted; the MLflow run is marked KILLED", file=sys.stderr)
+        print("mnist-exp: interrupted; the MLflow run is marked KILLED and the last finished "
+              "epoch is kept: run again with trainer.resume=true to continue", file=sys.stderr)
         raise SystemExit(130) from None
     _print_summary(result)
     return result.val_accuracy
+
+
+def _exit_with(error: UserError) -> None:
+    print(f"mnist-exp: error: {error}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def _context():

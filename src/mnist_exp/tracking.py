@@ -8,9 +8,12 @@ Default store: MLflow 3's own default layout, made absolute, a SQLite database
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import types
+import urllib.error
+import urllib.request
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -32,6 +35,7 @@ from mnist_exp.data import Dataset
 from mnist_exp.evaluate import Evaluation
 
 DEFAULT_DB = "mlflow.db"
+_CREDENTIALS = re.compile(r"(://[^/:@\s]+):[^@/\s]*@")
 DEFAULT_ARTIFACTS = "mlruns"
 MODEL_NAME = "model"
 
@@ -46,12 +50,34 @@ def resolve_tracking_uri(configured: str | None, launch_dir: Path) -> str:
             or f"sqlite:///{(launch_dir / DEFAULT_DB).resolve()}")
 
 
+def check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """Fail fast, naming the URI, when a tracking server does not answer: MLflow's own
+    client would retry for minutes, after the data was loaded."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout).close()
+    except urllib.error.HTTPError:
+        return  # it answered, if not with 200: authentication or a proxy in front
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise TrackingError(f"tracking server {redact(uri)} does not answer ({reason}); start "
+                            "it, or set tracking.uri or MLFLOW_TRACKING_URI to a reachable "
+                            "store") from None
+
+
+def redact(text: str) -> str:
+    """Hide passwords in URIs (scheme://user:secret@host) before they are logged or shown."""
+    return _CREDENTIALS.sub(r"\1:***@", text)
+
+
 def prepare_experiment(uri: str, name: str) -> str:
     """Point MLflow at `uri` and return the id of experiment `name`, creating it if needed.
 
     In a SQLite store, new experiments keep their artifacts in mlruns/ beside the
     database; a tracking server chooses its own artifact location.
     """
+    check_reachable(uri)
     mlflow.set_tracking_uri(uri)
     client = mlflow.MlflowClient()
     experiment = client.get_experiment_by_name(name)
@@ -71,10 +97,16 @@ def _artifact_root(uri: str) -> str | None:
 
 
 @contextmanager
-def tracked_run(experiment_id: str, run_name: str, tags: dict[str, str]) -> Iterator[str]:
+def tracked_run(experiment_id: str, run_name: str, tags: dict[str, str],
+                resume_run_id: str | None = None) -> Iterator[str]:
     """An active MLflow run (its id is yielded) that always ends: FINISHED, FAILED with the
-    error as a tag, or KILLED on Ctrl-C."""
-    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags) as run:
+    error as a tag, or KILLED on Ctrl-C or SIGTERM. With `resume_run_id`, that run is
+    reopened instead of a new one started."""
+    if resume_run_id is not None:
+        started = mlflow.start_run(run_id=resume_run_id)
+    else:
+        started = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags)
+    with started as run:
         try:
             yield run.info.run_id
         except KeyboardInterrupt:
@@ -89,8 +121,8 @@ def run_tags(overrides: tuple[str, ...]) -> dict[str, str]:
     """Provenance: package version, git commit and dirtiness, the command and its overrides."""
     tags = {
         "mnist_exp.version": __version__,
-        "overrides": " ".join(overrides),
-        "command": " ".join(["python -m mnist_exp.run", *sys.argv[1:]]),
+        "overrides": redact(" ".join(overrides)),
+        "command": redact(" ".join(["python -m mnist_exp.run", *sys.argv[1:]])),
     }
     commit, dirty = _git_state(Path(__file__).resolve().parent)
     if commit:
@@ -103,7 +135,8 @@ def log_config(config: Config, hydra_dir: Path | None) -> None:
     """The resolved config as params (dotted keys) and as config.yaml; Hydra's own record
     of the job (.hydra/: config, overrides) under hydra/."""
     values = to_dict(config)
-    mlflow.log_params(flatten(values))
+    mlflow.log_params({key: redact(value) if isinstance(value, str) else value
+                       for key, value in flatten(values).items()})
     mlflow.log_text(OmegaConf.to_yaml(values), "config.yaml")
     if hydra_dir is not None and hydra_dir.is_dir():
         mlflow.log_artifacts(str(hydra_dir), "hydra")
@@ -162,6 +195,20 @@ class EpochLogger(mlflow.keras.MlflowCallback):
 
     def on_test_end(self, logs: dict[str, Any] | None = None) -> None:
         pass
+
+
+def epoch_history(run_id: str, metrics: tuple[str, ...] = ("loss", "accuracy", "val_loss",
+                                                             "val_accuracy")) -> dict[str, list]:
+    """Per-epoch values as recorded in the run, so a resumed run's curves include the
+    epochs trained before the interruption."""
+    mlflow.flush_async_logging()
+    client = mlflow.MlflowClient()
+    history = {}
+    for name in metrics:
+        by_step = {m.step: m.value for m in sorted(client.get_metric_history(run_id, name),
+                                                   key=lambda m: m.timestamp)}
+        history[name] = [by_step[step] for step in sorted(by_step)]
+    return history
 
 
 def log_files(*paths: Path | None) -> None:

@@ -1,14 +1,20 @@
-"""Fitting the model: seeding, early stopping and Keras' own training loop."""
+"""Fitting the model: seeding, early stopping, NaN guard, resumable state, Keras' fit."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from pathlib import Path
 
 import keras
 import tensorflow as tf
 
-from mnist_exp.config import TrainerConfig
+from mnist_exp.config import TrainerConfig, UserError
 from mnist_exp.data import Dataset
+
+
+class TrainingDiverged(UserError):
+    """The loss stopped being a finite number."""
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
@@ -24,18 +30,28 @@ def fit(
     cfg: TrainerConfig,
     callbacks: Sequence[keras.callbacks.Callback] = (),
     verbose: int | str = "auto",
+    backup_dir: Path | None = None,
 ) -> dict[str, list[float]]:
-    """Train on data's training split, validating each epoch; return the per-epoch history."""
+    """Train on data's training split, validating each epoch; return the per-epoch history
+    of this call (with a restored backup, only the epochs run now).
+
+    With `backup_dir`, the state after each finished epoch is kept there and a later call
+    with the same folder continues from it; a loss that turns NaN or infinite stops
+    training at once and raises TrainingDiverged.
+    """
     stopping = cfg.early_stopping
-    all_callbacks = list(callbacks)
+    all_callbacks: list[keras.callbacks.Callback] = [keras.callbacks.TerminateOnNaN()]
     if stopping.enabled:
-        all_callbacks.insert(0, keras.callbacks.EarlyStopping(
+        all_callbacks.append(keras.callbacks.EarlyStopping(
             monitor=stopping.monitor,
             patience=stopping.patience,
             min_delta=stopping.min_delta,
             restore_best_weights=stopping.restore_best_weights,
             verbose=1,
         ))
+    all_callbacks.extend(callbacks)
+    if backup_dir is not None:  # last: an epoch is saved only once everything saw its end
+        all_callbacks.append(keras.callbacks.BackupAndRestore(str(backup_dir)))
     history = model.fit(
         data.x_train,
         data.y_train,
@@ -46,4 +62,9 @@ def fit(
         callbacks=all_callbacks,
         verbose=verbose,
     )
+    losses = history.history.get("loss", [])
+    if losses and not math.isfinite(losses[-1]):
+        raise TrainingDiverged(
+            f"loss became {losses[-1]} in epoch {history.epoch[-1] + 1}; lower "
+            "optimizer.learning_rate or set optimizer.clipnorm")
     return history.history
