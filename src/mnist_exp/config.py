@@ -178,6 +178,9 @@ def _reject_unknown_fields(prefix: str, values: dict, schema: type) -> None:
         nested = known[key].default_factory
         if is_dataclass(nested) and isinstance(value, dict):
             _reject_unknown_fields(f"{prefix}.{key}", value, nested)
+        elif callable(nested) and isinstance(nested(), list) and not isinstance(value, list):
+            raise ConfigError(f"{prefix}.{key}: got {value!r}; allowed: a list, e.g. "
+                              f"{prefix}.{key}=[{','.join(map(str, nested()))}]")
 
 
 def _reject_unknown(prefix: str, values: dict, allowed: list[str]) -> None:

@@ -16,6 +16,7 @@ from mnist_exp.config import Config
 from mnist_exp.data import Dataset, load_dataset
 from mnist_exp.evaluate import evaluate
 from mnist_exp.model import build_model, compile_model
+from mnist_exp.store import check_reachable, redact, resolve_tracking_uri
 from mnist_exp.train import fit, seed_everything
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,8 @@ class RunResult:
 def run_experiment(config: Config, context: RunContext = RunContext()) -> RunResult:
     """Train, evaluate on the test set once, record everything in MLflow; return the
     headline numbers (the validation accuracy is the one sweeps should optimise)."""
-    uri = tracking.resolve_tracking_uri(config.tracking.uri, context.launch_dir)
+    uri = resolve_tracking_uri(config.tracking.uri, context.launch_dir)
+    check_reachable(uri)
     experiment_id = tracking.prepare_experiment(uri, config.tracking.experiment_name)
     d, t = config.data, config.trainer
     data = load_dataset(d.name, d.path, validation_split=d.validation_split, seed=t.seed,
@@ -91,7 +93,7 @@ def run_experiment(config: Config, context: RunContext = RunContext()) -> RunRes
         tracking.log_files(context.log_file)
     checkpoint.discard()
     return RunResult(run_id=run_id, run_name=run_name, experiment_id=experiment_id,
-                     tracking_uri=tracking.redact(uri), model_uri=model_uri,
+                     tracking_uri=redact(uri), model_uri=model_uri,
                      val_accuracy=float(val_accuracy), test_accuracy=test.accuracy,
                      test_loss=test.loss)
 

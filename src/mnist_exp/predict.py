@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import mlflow
 
-        from mnist_exp.tracking import resolve_tracking_uri
+        from mnist_exp.store import resolve_tracking_uri
 
         mlflow.set_tracking_uri(resolve_tracking_uri(args.tracking_uri, Path.cwd()))
         result = predict(args.model, args.inputs, args.dataset, args.data_path)

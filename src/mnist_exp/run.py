@@ -22,6 +22,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from mnist_exp.config import ConfigError, UserError, parse_config
+from mnist_exp.store import check_reachable, resolve_tracking_uri
 
 log = logging.getLogger("mnist_exp")
 
@@ -80,6 +81,8 @@ def experiment(cfg: DictConfig) -> float:
     sweeping = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         config = parse_config(cfg)
+        # A remote store that does not answer should cost seconds, not TensorFlow's import.
+        check_reachable(resolve_tracking_uri(config.tracking.uri, Path.cwd()))
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ start-up chatter
         from mnist_exp.pipeline import run_experiment  # heavy imports only once the config is valid
 
@@ -90,8 +93,9 @@ def experiment(cfg: DictConfig) -> float:
             raise
         _exit_with(e)
     except KeyboardInterrupt:
-        print("mnist-exp: interrupted; the MLflow run is marked KILLED and the last finished "
-              "epoch is kept: run again with trainer.resume=true to continue", file=sys.stderr)
+        print("mnist-exp: interrupted; the MLflow run (if one had started) is marked KILLED "
+              "and its last finished epoch is kept: add trainer.resume=true to the same "
+              "command to continue it", file=sys.stderr)
         raise SystemExit(130) from None
     _print_summary(result)
     return result.val_accuracy

@@ -1,19 +1,11 @@
-"""Everything MLflow: where runs go and what each run records.
-
-Default store: MLflow 3's own default layout, made absolute, a SQLite database
-`mlflow.db` in the launch folder with artifacts in `mlruns/` beside it, so plain
-`mlflow ui` started there shows every run.
-"""
+"""Everything MLflow: the experiment, the run's lifecycle and what each run records."""
 
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
 import types
-import urllib.error
-import urllib.request
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,45 +22,12 @@ from mlflow.models import infer_signature
 from omegaconf import OmegaConf
 
 from mnist_exp import __version__
-from mnist_exp.config import Config, UserError, first_line, to_dict
+from mnist_exp.config import Config, first_line, to_dict
 from mnist_exp.data import Dataset
 from mnist_exp.evaluate import Evaluation
+from mnist_exp.store import TrackingError, artifact_root, redact
 
-DEFAULT_DB = "mlflow.db"
-_CREDENTIALS = re.compile(r"(://[^/:@\s]+):[^@/\s]*@")
-DEFAULT_ARTIFACTS = "mlruns"
 MODEL_NAME = "model"
-
-
-class TrackingError(UserError):
-    """The tracking store cannot be used as configured."""
-
-
-def resolve_tracking_uri(configured: str | None, launch_dir: Path) -> str:
-    """The config's URI, else $MLFLOW_TRACKING_URI, else sqlite:///<launch_dir>/mlflow.db."""
-    return (configured or os.environ.get("MLFLOW_TRACKING_URI")
-            or f"sqlite:///{(launch_dir / DEFAULT_DB).resolve()}")
-
-
-def check_reachable(uri: str, timeout: float = 5.0) -> None:
-    """Fail fast, naming the URI, when a tracking server does not answer: MLflow's own
-    client would retry for minutes, after the data was loaded."""
-    if not uri.startswith(("http://", "https://")):
-        return
-    try:
-        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout).close()
-    except urllib.error.HTTPError:
-        return  # it answered, if not with 200: authentication or a proxy in front
-    except (urllib.error.URLError, OSError) as e:
-        reason = getattr(e, "reason", e)
-        raise TrackingError(f"tracking server {redact(uri)} does not answer ({reason}); start "
-                            "it, or set tracking.uri or MLFLOW_TRACKING_URI to a reachable "
-                            "store") from None
-
-
-def redact(text: str) -> str:
-    """Hide passwords in URIs (scheme://user:secret@host) before they are logged or shown."""
-    return _CREDENTIALS.sub(r"\1:***@", text)
 
 
 def prepare_experiment(uri: str, name: str) -> str:
@@ -77,23 +36,15 @@ def prepare_experiment(uri: str, name: str) -> str:
     In a SQLite store, new experiments keep their artifacts in mlruns/ beside the
     database; a tracking server chooses its own artifact location.
     """
-    check_reachable(uri)
     mlflow.set_tracking_uri(uri)
     client = mlflow.MlflowClient()
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
-        return client.create_experiment(name, artifact_location=_artifact_root(uri))
+        return client.create_experiment(name, artifact_location=artifact_root(uri))
     if experiment.lifecycle_stage == "deleted":
         raise TrackingError(f"MLflow experiment {name!r} is deleted; restore it in mlflow ui or "
                             "set tracking.experiment_name to another name")
     return experiment.experiment_id
-
-
-def _artifact_root(uri: str) -> str | None:
-    if not uri.startswith("sqlite:///"):
-        return None
-    database = Path(uri.removeprefix("sqlite:///").split("?")[0])
-    return (database.parent / DEFAULT_ARTIFACTS).resolve().as_uri()
 
 
 @contextmanager

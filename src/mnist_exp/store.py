@@ -1,0 +1,57 @@
+"""Where runs are recorded: the tracking URI, whether it answers, and keeping secrets
+in it out of logs. Light on purpose (no MLflow import), so the entry point can check a
+remote store in a moment, before TensorFlow and MLflow take their seconds to import.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from mnist_exp.config import UserError
+
+DEFAULT_DB = "mlflow.db"
+DEFAULT_ARTIFACTS = "mlruns"
+_CREDENTIALS = re.compile(r"(://[^/:@\s]+):[^@/\s]*@")
+
+
+class TrackingError(UserError):
+    """The tracking store cannot be used as configured."""
+
+
+def resolve_tracking_uri(configured: str | None, launch_dir: Path) -> str:
+    """The config's URI, else $MLFLOW_TRACKING_URI, else sqlite:///<launch_dir>/mlflow.db."""
+    return (configured or os.environ.get("MLFLOW_TRACKING_URI")
+            or f"sqlite:///{(launch_dir / DEFAULT_DB).resolve()}")
+
+
+def artifact_root(uri: str) -> str | None:
+    """mlruns/ beside a SQLite database; None lets a server choose its own."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    database = Path(uri.removeprefix("sqlite:///").split("?")[0])
+    return (database.parent / DEFAULT_ARTIFACTS).resolve().as_uri()
+
+
+def check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """Fail fast, naming the URI, when a tracking server does not answer: MLflow's own
+    client would retry for minutes, after the data was loaded."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout).close()
+    except urllib.error.HTTPError:
+        return  # it answered, if not with 200: authentication or a proxy in front
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise TrackingError(f"tracking server {redact(uri)} does not answer ({reason}); start "
+                            "it, or set tracking.uri or MLFLOW_TRACKING_URI to a reachable "
+                            "store") from None
+
+
+def redact(text: str) -> str:
+    """Hide passwords in URIs (scheme://user:secret@host) before they are logged or shown."""
+    return _CREDENTIALS.sub(r"\1:***@", text)
