@@ -104,6 +104,10 @@ class TrainerConfig:
     seed: int = 42
     deterministic: bool = False
     resume: bool = False
+    steps_per_execution: int = 64
+    jit_compile: bool = True
+    eval_batch_size: int = 1024
+    threads: int = 0
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
 
 
@@ -219,6 +223,11 @@ def _check_ranges(c: Config) -> None:
         ("trainer.epochs", t.epochs, t.epochs >= 1, "an integer >= 1"),
         ("trainer.batch_size", t.batch_size, t.batch_size >= 1, "an integer >= 1"),
         ("trainer.seed", t.seed, 0 <= t.seed < 2**32, "an integer in [0, 2**32)"),
+        ("trainer.steps_per_execution", t.steps_per_execution, t.steps_per_execution >= 1,
+         "an integer >= 1 (1: a Python round trip per batch)"),
+        ("trainer.eval_batch_size", t.eval_batch_size, t.eval_batch_size >= 1,
+         "an integer >= 1"),
+        ("trainer.threads", t.threads, t.threads >= 0, "an integer >= 0 (0: TensorFlow's choice)"),
         ("trainer.early_stopping.monitor", es.monitor, es.monitor in MONITORS, _one_of(MONITORS)),
         ("trainer.early_stopping.patience", es.patience, es.patience >= 0, "an integer >= 0"),
         ("trainer.early_stopping.min_delta", es.min_delta, es.min_delta >= 0, "a number >= 0"),

@@ -7,6 +7,10 @@ runs the same from the Hydra entry point, a test or a notebook.
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,7 +21,7 @@ from mnist_exp.data import Dataset, load_dataset
 from mnist_exp.evaluate import evaluate
 from mnist_exp.model import build_model, compile_model
 from mnist_exp.store import check_reachable, redact, resolve_tracking_uri
-from mnist_exp.train import fit, seed_everything
+from mnist_exp.train import fit, setup_runtime
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +37,7 @@ class RunContext:
     hydra_dir: Path | None = None  # Hydra's record of the job (.hydra/)
     log_file: Path | None = None
     progress_bar: bool = True
+    import_seconds: float | None = None  # the entry point's import of the training stack
 
 
 @dataclass(frozen=True)
@@ -49,53 +54,93 @@ class RunResult:
 
 def run_experiment(config: Config, context: RunContext = RunContext()) -> RunResult:
     """Train, evaluate on the test set once, record everything in MLflow; return the
-    headline numbers (the validation accuracy is the one sweeps should optimise)."""
+    headline numbers (the validation accuracy is the one sweeps should optimise).
+
+    Each phase's wall time is recorded too (metrics time_<phase>_s), so the cost of
+    everything around training stays visible.
+    """
+    clock = _Stopwatch()
     uri = resolve_tracking_uri(config.tracking.uri, context.launch_dir)
-    check_reachable(uri)
-    experiment_id = tracking.prepare_experiment(uri, config.tracking.experiment_name)
     d, t = config.data, config.trainer
-    data = load_dataset(d.name, d.path, validation_split=d.validation_split, seed=t.seed,
-                        verify_checksums=d.verify_checksums,
-                        max_train_samples=d.max_train_samples,
-                        max_test_samples=d.max_test_samples)
+    check_reachable(uri)
+    # Opening the store (~0.6 s, more when it is created) overlaps loading the data.
+    pool = ThreadPoolExecutor(max_workers=1)
+    experiment = pool.submit(tracking.prepare_experiment, uri, config.tracking.experiment_name)
+    pool.shutdown(wait=False)
+    with clock("data"):
+        data = load_dataset(d.name, d.path, validation_split=d.validation_split, seed=t.seed,
+                            verify_checksums=d.verify_checksums,
+                            max_train_samples=d.max_train_samples,
+                            max_test_samples=d.max_test_samples)
     log.info("Data: %s from %s: %d train, %d validation, %d test images", data.name, data.source,
              len(data.y_train), len(data.y_val), len(data.y_test))
 
-    seed_everything(t.seed, t.deterministic)
-    model = build_model(config.model, num_classes=len(data.class_names),
-                        normalization=d.normalization, train_images=data.x_train)
-    compile_model(model, config.optimizer)
+    with clock("setup"):
+        setup_runtime(t.seed, t.deterministic, t.threads)
+        model = build_model(config.model, num_classes=len(data.class_names),
+                            normalization=d.normalization, train_images=data.x_train)
+        # XLA has no deterministic mode: trainer.deterministic=true takes the plain path.
+        compile_model(model, config.optimizer, steps_per_execution=t.steps_per_execution,
+                      jit_compile=t.jit_compile and not t.deterministic)
     if context.progress_bar:
         model.summary(print_fn=log.info)
+    with clock("tracking"):
+        experiment_id = experiment.result()
 
     run_name = config.tracking.run_name or default_run_name(context.overrides)
     checkpoint = checkpoint_for(config, context.launch_dir)
     resume_id = checkpoint.run_to_resume(t.resume)
-
     with tracking.tracked_run(experiment_id, run_name, tracking.run_tags(context.overrides),
                               resume_run_id=resume_id) as run_id:
         checkpoint.claim(run_id)
-        if resume_id is None:
-            tracking.log_config(config, context.hydra_dir)
-            tracking.log_datasets(data)
-        fit(model, data, t, callbacks=[tracking.EpochLogger()],
-            verbose=1 if context.progress_bar else 2, backup_dir=checkpoint.backup_dir)
-        history = tracking.epoch_history(run_id)
-        # The kept model's validation score (with early stopping that is the best epoch's,
-        # not the last's): what sweeps optimise. The test set is touched once, after it.
-        val_loss, val_accuracy = model.evaluate(data.x_val, data.y_val, batch_size=1024,
-                                                verbose=0)
-        test = evaluate(model, data.x_test, data.y_test, data.class_names)
-        tracking.log_evaluation(test, {"loss": val_loss, "accuracy": val_accuracy},
-                                _figures(history, test, data))
-        model_uri = (tracking.log_model(model, data.x_test[:2]) if config.tracking.log_model
-                     else None)
+        with clock("tracking"):
+            if resume_id is None:
+                tracking.log_config(config, context.hydra_dir)
+                tracking.log_datasets(data)
+        with clock("train"):
+            history = fit(model, data, t, callbacks=[tracking.EpochLogger()],
+                          verbose=1 if context.progress_bar else 2,
+                          backup_dir=checkpoint.backup_dir)
+        if resume_id is not None:  # the curves need the epochs from before the interruption
+            history = tracking.epoch_history(run_id)
+        with clock("evaluate"):
+            # The kept model's validation score (with early stopping, the best epoch's, not
+            # the last's) is what sweeps optimise. The test set is touched once, after it.
+            val_loss, val_accuracy = model.evaluate(data.x_val, data.y_val,
+                                                    batch_size=t.eval_batch_size, verbose=0)
+            test = evaluate(model, data.x_test, data.y_test, data.class_names,
+                            t.eval_batch_size)
+        with clock("plots"):
+            figures = _figures(history, test, data)
+        with clock("tracking"):
+            tracking.log_evaluation(test, {"loss": val_loss, "accuracy": val_accuracy},
+                                    figures)
+        with clock("model_logging"):
+            model_uri = (tracking.log_model(model, data.x_test[:2], test.probabilities[:2])
+                         if config.tracking.log_model else None)
+        tracking.log_timings({**clock.seconds, **({"imports": context.import_seconds}
+                                                  if context.import_seconds else {})})
         tracking.log_files(context.log_file)
     checkpoint.discard()
     return RunResult(run_id=run_id, run_name=run_name, experiment_id=experiment_id,
                      tracking_uri=redact(uri), model_uri=model_uri,
                      val_accuracy=float(val_accuracy), test_accuracy=test.accuracy,
                      test_loss=test.loss)
+
+
+class _Stopwatch:
+    """Accumulates wall time per named phase: `with clock("train"): ...`."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, phase: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - start
 
 
 def default_run_name(overrides: tuple[str, ...]) -> str:

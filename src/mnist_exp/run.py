@@ -13,6 +13,7 @@ import os
 import re
 import signal
 import sys
+import time
 from pathlib import Path
 
 import hydra
@@ -84,9 +85,10 @@ def experiment(cfg: DictConfig) -> float:
         # A remote store that does not answer should cost seconds, not TensorFlow's import.
         check_reachable(resolve_tracking_uri(config.tracking.uri, Path.cwd()))
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ start-up chatter
+        start = time.perf_counter()
         from mnist_exp.pipeline import run_experiment  # heavy imports only once the config is valid
 
-        result = run_experiment(config, _context())
+        result = run_experiment(config, _context(import_seconds=time.perf_counter() - start))
     except UserError as e:
         if sweeping:
             log.error("job failed: %s", e)
@@ -110,7 +112,7 @@ def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
-def _context():
+def _context(import_seconds: float):
     from mnist_exp.pipeline import RunContext
 
     hydra_cfg = HydraConfig.get()
@@ -121,6 +123,7 @@ def _context():
         hydra_dir=output_dir / hydra_cfg.output_subdir if hydra_cfg.output_subdir else None,
         log_file=output_dir / f"{hydra_cfg.job.name}.log",
         progress_bar=hydra_cfg.mode == RunMode.RUN,
+        import_seconds=import_seconds,
     )
 
 

@@ -17,8 +17,13 @@ class TrainingDiverged(UserError):
     """The loss stopped being a finite number."""
 
 
-def seed_everything(seed: int, deterministic: bool = False) -> None:
-    """Seed Python, NumPy and TensorFlow; optionally make TensorFlow ops deterministic."""
+def setup_runtime(seed: int, deterministic: bool = False, threads: int = 0) -> None:
+    """Seed Python, NumPy and TensorFlow; optionally make ops deterministic and cap
+    TensorFlow's thread pools (0 keeps its default: one thread per core). Call before
+    TensorFlow runs its first op: the thread counts cannot change after that."""
+    if threads:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
     keras.utils.set_random_seed(seed)
     if deterministic:
         tf.config.experimental.enable_op_determinism()
@@ -58,6 +63,7 @@ def fit(
         validation_data=(data.x_val, data.y_val),
         epochs=cfg.epochs,
         batch_size=cfg.batch_size,
+        validation_batch_size=cfg.eval_batch_size,
         shuffle=True,
         callbacks=all_callbacks,
         verbose=verbose,
