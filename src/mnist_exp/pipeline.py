@@ -21,7 +21,7 @@ from mnist_exp.data import Dataset, load_dataset
 from mnist_exp.evaluate import evaluate
 from mnist_exp.model import build_model, compile_model
 from mnist_exp.store import check_reachable, redact, resolve_tracking_uri
-from mnist_exp.train import fit, setup_runtime
+from mnist_exp.train import execution_settings, fit, setup_runtime
 
 log = logging.getLogger(__name__)
 
@@ -79,9 +79,7 @@ def run_experiment(config: Config, context: RunContext = RunContext()) -> RunRes
         setup_runtime(t.seed, t.deterministic, t.threads)
         model = build_model(config.model, num_classes=len(data.class_names),
                             normalization=d.normalization, train_images=data.x_train)
-        # XLA has no deterministic mode: trainer.deterministic=true takes the plain path.
-        compile_model(model, config.optimizer, steps_per_execution=t.steps_per_execution,
-                      jit_compile=t.jit_compile and not t.deterministic)
+        compile_model(model, config.optimizer, **execution_settings(t))
     if context.progress_bar:
         model.summary(print_fn=log.info)
     with clock("tracking"):

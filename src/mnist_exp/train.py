@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from mnist_exp.config import TrainerConfig, UserError
@@ -15,6 +17,21 @@ from mnist_exp.data import Dataset
 
 class TrainingDiverged(UserError):
     """The loss stopped being a finite number."""
+
+
+class EpochClock(keras.callbacks.Callback):
+    """Wall time of each epoch (training and validation), in seconds."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seconds: list[float] = []
+        self._start = 0.0
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self.seconds.append(time.perf_counter() - self._start)
 
 
 def setup_runtime(seed: int, deterministic: bool = False, threads: int = 0) -> None:
@@ -27,6 +44,15 @@ def setup_runtime(seed: int, deterministic: bool = False, threads: int = 0) -> N
     keras.utils.set_random_seed(seed)
     if deterministic:
         tf.config.experimental.enable_op_determinism()
+
+
+def execution_settings(cfg: TrainerConfig) -> dict[str, int | bool]:
+    """compile() arguments for how steps run. With XLA, several steps per execution run as
+    one compiled loop (`fit` feeds chunks of batches), so Keras compiles one step per call;
+    without, Keras' own steps_per_execution loop does it. XLA has no deterministic mode, so
+    trainer.deterministic takes the plain path."""
+    jit = cfg.jit_compile and not cfg.deterministic
+    return {"jit_compile": jit, "steps_per_execution": 1 if jit else cfg.steps_per_execution}
 
 
 def fit(
@@ -57,14 +83,18 @@ def fit(
     all_callbacks.extend(callbacks)
     if backup_dir is not None:  # last: an epoch is saved only once everything saw its end
         all_callbacks.append(keras.callbacks.BackupAndRestore(str(backup_dir)))
+    if execution_settings(cfg)["jit_compile"] and cfg.steps_per_execution > 1:
+        model.train_step = _looped(model.train_step)  # this instance only; saves as usual
+        inputs = {"x": _BatchChunks(data.x_train, data.y_train, cfg.batch_size,
+                                    cfg.steps_per_execution, cfg.seed)}
+    else:
+        inputs = {"x": data.x_train, "y": data.y_train, "batch_size": cfg.batch_size,
+                  "shuffle": True}
     history = model.fit(
-        data.x_train,
-        data.y_train,
+        **inputs,
         validation_data=(data.x_val, data.y_val),
-        epochs=cfg.epochs,
-        batch_size=cfg.batch_size,
         validation_batch_size=cfg.eval_batch_size,
-        shuffle=True,
+        epochs=cfg.epochs,
         callbacks=all_callbacks,
         verbose=verbose,
     )
@@ -74,3 +104,52 @@ def fit(
             f"loss became {losses[-1]} in epoch {history.epoch[-1] + 1}; lower "
             "optimizer.learning_rate or set optimizer.clipnorm")
     return history.history
+
+
+def _looped(train_step: Callable) -> Callable:
+    """Keras' own train_step applied to each batch of a chunk (steps, batch, ...), in one
+    loop that XLA compiles whole: the same updates as batch-by-batch, without a round trip
+    through the runtime between batches."""
+
+    def train_step_on_chunk(chunk: tuple[tf.Tensor, tf.Tensor]) -> dict:
+        images, labels = chunk
+
+        def one_batch(i: tf.Tensor) -> tf.Tensor:
+            train_step((images[i], labels[i]))
+            return i + 1
+
+        tf.while_loop(lambda i: i < tf.shape(images)[0], one_batch, [tf.constant(0)])
+        return train_step.__self__.get_metrics_result()
+
+    return train_step_on_chunk
+
+
+class _BatchChunks(keras.utils.PyDataset):
+    """The training set, reshuffled every epoch, as chunks of `steps` batches of
+    `batch_size`: shape (steps, batch, ...). A last, smaller batch travels alone."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, batch_size: int, steps: int,
+                 seed: int) -> None:
+        super().__init__()
+        self.images, self.labels = images, labels
+        self.batch_size, self.steps = batch_size, steps
+        self.rng = np.random.default_rng(seed)
+        full, rest = divmod(len(labels), batch_size)
+        sizes = [steps] * (full // steps) + ([full % steps] if full % steps else [])
+        self.chunks = [(start * batch_size, count, batch_size)
+                       for start, count in zip(np.cumsum([0, *sizes[:-1]]), sizes, strict=True)]
+        if rest:
+            self.chunks.append((full * batch_size, 1, rest))
+        self.order = self.rng.permutation(len(labels))
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        start, count, size = self.chunks[index]
+        picked = self.order[start: start + count * size]
+        return (self.images[picked].reshape(count, size, *self.images.shape[1:]),
+                self.labels[picked].reshape(count, size))
+
+    def on_epoch_end(self) -> None:
+        self.order = self.rng.permutation(len(self.labels))

@@ -1,0 +1,242 @@
+"""Speed and memory of mnist-exp against the reference recipe, side by side.
+
+    python scripts/benchmark.py                 # 5 epochs; full Fashion-MNIST if installed
+    python scripts/benchmark.py --epochs 25 --out outputs/benchmark
+
+Measures, each in a fresh process on the same data (Fashion-MNIST from the Debian package
+when installed, otherwise ../shared/datasets/mnist-mini):
+1. the reference recipe as a bare Keras script (scripts/bare_keras_recipe.py);
+2. our pipeline's training of the same recipe (same batch size, optimizer, epochs);
+3. the same MLP in a plain PyTorch eager loop, when torch is installed (never required);
+4. start-up: `python -m mnist_exp.run --help` and `--cfg job`;
+5. a whole 25-epoch `python -m mnist_exp.run`, split into phases (its time_*_s metrics);
+6. that run's peak resident memory.
+Writes benchmark.json and benchmark.md to --out and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+MINI = ROOT.parent / "shared" / "datasets" / "mnist-mini"
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--epochs", type=int, default=5, help="epochs for the training rows")
+    parser.add_argument("--full-run-epochs", type=int, default=25)
+    parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "benchmark")
+    parser.add_argument("--worker", choices=["pipeline", "torch"], help=argparse.SUPPRESS)
+    parser.add_argument("--dataset", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--path", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(WORKERS[args.worker](args.dataset, args.path, args.epochs)))
+        return
+
+    dataset, path = ("fashion_mnist", None) if FASHION.is_dir() else ("mnist", str(MINI))
+    data_args = ["--dataset", dataset] + (["--path", path] if path else [])
+    results: dict = {"machine": machine(), "dataset": dataset, "data_path": path or str(FASHION),
+                     "epochs": args.epochs}
+    print(f"benchmarking on {dataset} ({path or FASHION}), {args.epochs} epochs ...",
+          file=sys.stderr)
+    with tempfile.TemporaryDirectory() as scratch:
+        report = Path(scratch) / "bare.json"
+        measured(["scripts/bare_keras_recipe.py", *data_args, "--epochs", str(args.epochs),
+                  "--json", str(report)])
+        results["bare_keras"] = json.loads(report.read_text())
+    results["pipeline"] = worker("pipeline", data_args, args.epochs)
+    try:
+        import torch  # noqa: F401  (optional peer)
+        results["pytorch_eager"] = worker("torch", data_args, args.epochs)
+    except ImportError:
+        results["pytorch_eager"] = None
+    results["startup"] = {flag: startup(flag) for flag in ("--help", "--cfg job")}
+    results["full_run"] = full_run(dataset, path, args.full_run_epochs)
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "benchmark.json").write_text(json.dumps(results, indent=2))
+    table = markdown(results)
+    (args.out / "benchmark.md").write_text(table)
+    print(table)
+
+
+def measured(argv: list[str], env: dict | None = None) -> tuple[str, float, int]:
+    """Run `python argv` in a fresh process: (stdout, wall seconds, peak RSS in MiB)."""
+    wrapper = ("import resource, subprocess, sys; "
+               "p = subprocess.run([sys.executable, *sys.argv[1:]], capture_output=True, "
+               "text=True); sys.stderr.write(p.stderr); print(p.stdout, end=''); "
+               "print('PEAK_KB', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); "
+               "sys.exit(p.returncode)")
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", wrapper, *argv], cwd=ROOT, env=env or ENV,
+                          capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        sys.exit(f"benchmark step failed: {' '.join(argv)}\n{done.stderr[-3000:]}")
+    out, _, peak = done.stdout.rpartition("PEAK_KB ")
+    return out, seconds, int(peak) // 1024
+
+
+def worker(name: str, data_args: list[str], epochs: int) -> dict:
+    out, _, _ = measured([__file__, "--worker", name, *data_args, "--epochs", str(epochs)])
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def startup(flag: str) -> float:
+    """Median wall time of three `python -m mnist_exp.run <flag>`."""
+    return statistics.median(measured(["-m", "mnist_exp.run", *flag.split()])[1]
+                             for _ in range(3))
+
+
+def full_run(dataset: str, path: str | None, epochs: int) -> dict:
+    """A real run into a scratch store (made beforehand, as a user's already is)."""
+    import mlflow
+
+    with tempfile.TemporaryDirectory() as scratch:
+        uri = f"sqlite:///{scratch}/mlflow.db"
+        args = ["-m", "mnist_exp.run", "experiment=seed_notebook", f"data={dataset}",
+                f"trainer.epochs={epochs}", f"tracking.uri={uri}", f"hydra.run.dir={scratch}/h"]
+        if path:
+            args.append(f"data.path={path}")
+        # A first, tiny run creates the store, as a user's already exists.
+        measured([*args, "trainer.epochs=1", "data.max_train_samples=500",
+                  "data.max_test_samples=100"])
+        _, wall, peak = measured(args)
+        client = mlflow.MlflowClient(uri)
+        [run] = client.search_runs(["1"], order_by=["start_time DESC"], max_results=1)
+        phases = {k.removeprefix("time_").removesuffix("_s"): v
+                  for k, v in run.data.metrics.items() if k.startswith("time_")}
+        return {"epochs": epochs, "wall_s": wall, "peak_rss_mib": peak, "phases_s": phases,
+                "test_accuracy": run.data.metrics["test_accuracy"]}
+
+
+def _pipeline_worker(dataset: str, path: str | None, epochs: int) -> dict:
+    """Our training path with the seed_notebook config, timed per epoch."""
+    from hydra import compose, initialize_config_dir
+
+    from mnist_exp.config import parse_config
+    from mnist_exp.data import load_dataset
+    from mnist_exp.evaluate import evaluate
+    from mnist_exp.model import build_model, compile_model
+    from mnist_exp.run import CONF_DIR
+    from mnist_exp.train import EpochClock, execution_settings, fit, setup_runtime
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        overrides = ["experiment=seed_notebook", f"data={dataset}", f"trainer.epochs={epochs}"]
+        config = parse_config(compose("config", overrides=overrides
+                                      + ([f"data.path={path}"] if path else [])))
+    t = config.trainer
+    data = load_dataset(dataset, path, validation_split=config.data.validation_split,
+                        seed=t.seed)
+    setup_runtime(t.seed, t.deterministic, t.threads)
+    model = build_model(config.model, num_classes=10, train_images=data.x_train)
+    compile_model(model, config.optimizer, **execution_settings(t))
+    clock = EpochClock()
+    start = time.perf_counter()
+    fit(model, data, t, callbacks=[clock], verbose=0)
+    seconds = time.perf_counter() - start
+    test = evaluate(model, data.x_test, data.y_test, data.class_names, t.eval_batch_size)
+    return {"seconds_per_epoch": seconds / epochs, "epoch_seconds": clock.seconds,
+            "test_accuracy": test.accuracy, "train_samples": len(data.y_train),
+            "settings": {"steps_per_execution": t.steps_per_execution,
+                         "jit_compile": t.jit_compile, "eval_batch_size": t.eval_batch_size}}
+
+
+def _torch_worker(dataset: str, path: str | None, epochs: int) -> dict:
+    """The same MLP, Adam (Keras' defaults), batch 32, in a plain PyTorch eager loop."""
+    import numpy as np
+    import torch
+
+    from mnist_exp.data import load_arrays
+
+    torch.manual_seed(42)
+    (x, y), (x_test, y_test), _ = load_arrays(dataset, path)
+    x = torch.tensor(x / 255.0, dtype=torch.float32).flatten(1)
+    y = torch.tensor(y, dtype=torch.long)
+    n_train = int(len(y) * 0.8)
+    x_val, y_val, x, y = x[n_train:], y[n_train:], x[:n_train], y[:n_train]
+    model = torch.nn.Sequential(torch.nn.Linear(784, 128), torch.nn.ReLU(),
+                                torch.nn.Linear(128, 32), torch.nn.ReLU(),
+                                torch.nn.Linear(32, 10))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, eps=1e-7)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    epoch_seconds = []
+    for _ in range(epochs):
+        start = time.perf_counter()
+        model.train()
+        for batch in torch.randperm(n_train).split(32):
+            optimizer.zero_grad()
+            loss_fn(model(x[batch]), y[batch]).backward()
+            optimizer.step()
+        model.eval()
+        with torch.no_grad():
+            loss_fn(model(x_val), y_val)
+        epoch_seconds.append(time.perf_counter() - start)
+    with torch.no_grad():
+        test = torch.tensor(x_test / 255.0, dtype=torch.float32).flatten(1)
+        accuracy = float((model(test).argmax(1).numpy() == np.asarray(y_test)).mean())
+    return {"seconds_per_epoch": sum(epoch_seconds) / epochs, "epoch_seconds": epoch_seconds,
+            "test_accuracy": accuracy, "train_samples": n_train,
+            "threads": torch.get_num_threads(), "torch": torch.__version__}
+
+
+WORKERS = {"pipeline": _pipeline_worker, "torch": _torch_worker}
+
+
+def machine() -> str:
+    cpu = next((line.split(":", 1)[1].strip() for line in
+                Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
+               platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
+    return f"{os.cpu_count()} cores ({cpu}), Python {platform.python_version()}"
+
+
+def steady(row: dict) -> float:
+    """Median epoch time after the first (which holds tracing and compilation)."""
+    times = row["epoch_seconds"]
+    return statistics.median(times[1:] if len(times) > 1 else times)
+
+
+def markdown(r: dict) -> str:
+    bare = r["bare_keras"]
+    rows = [("bare Keras `fit` (reference recipe)", bare), ("mnist-exp training", r["pipeline"])]
+    if r["pytorch_eager"]:
+        rows.append(("PyTorch eager loop (peer)", r["pytorch_eager"]))
+    lines = [f"Machine: {r['machine']}. Data: {r['dataset']} ({r['data_path']}), "
+             f"{r['epochs']} epochs, batch 32, Adam, 20% validation.", "",
+             "| | s/epoch (steady) | s/epoch (all, incl. compile) | samples/s | speed-up vs bare"
+             " | test accuracy |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    for name, row in rows:
+        lines.append(f"| {name} | {steady(row):.3f} | {row['seconds_per_epoch']:.3f} | "
+                     f"{row['train_samples'] / steady(row):,.0f} | "
+                     f"{steady(bare) / steady(row):.2f}x | {row['test_accuracy']:.4f} |")
+    run = r["full_run"]
+    phases = run["phases_s"]
+    around = sum(phases.get(k, 0) for k in ("evaluate", "plots", "tracking", "model_logging"))
+    lines += ["", "| start-up and a whole run | seconds |", "| --- | ---: |",
+              f"| `python -m mnist_exp.run --help` | {r['startup']['--help']:.2f} |",
+              f"| `python -m mnist_exp.run --cfg job` | {r['startup']['--cfg job']:.2f} |",
+              f"| `python -m mnist_exp.run experiment=seed_notebook` ({run['epochs']} epochs), "
+              f"wall | {run['wall_s']:.1f} |"]
+    lines += [f"| &nbsp;&nbsp;{phase} | {seconds:.2f} |" for phase, seconds in phases.items()]
+    lines += [f"| evaluation + plots + tracking + model logging, as a share of training | "
+              f"{100 * around / phases['train']:.1f}% |",
+              f"| peak resident memory of the whole run | {run['peak_rss_mib']} MiB |",
+              f"| its test accuracy | {run['test_accuracy']:.4f} |", ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
