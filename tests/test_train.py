@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
-from conftest import compose_config
 
+from conftest import compose_config
 from mnist_exp.config import parse_config
 from mnist_exp.data import load_dataset
 from mnist_exp.evaluate import evaluate
@@ -17,7 +17,7 @@ def test_chunks_cover_every_sample_once_per_epoch_in_fixed_batches():
     labels = np.arange(1000)
     chunks = _BatchChunks(images, labels, batch_size=32, steps=8, seed=0)
     seen = []
-    for epoch in range(2):
+    for _ in range(2):
         shapes = [chunks[i][0].shape for i in range(len(chunks))]
         assert shapes[:3] == [(8, 32, 2, 2)] * 3  # 31 full batches: 3 chunks of 8, one of 7
         assert shapes[3:] == [(7, 32, 2, 2), (1, 8, 2, 2)]  # and the last 8 samples alone

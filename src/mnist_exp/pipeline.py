@@ -104,14 +104,13 @@ def run_experiment(config: Config, context: RunContext = RunContext()) -> RunRes
         with clock("evaluate"):
             # The kept model's validation score (with early stopping, the best epoch's, not
             # the last's) is what sweeps optimise. The test set is touched once, after it.
-            val_loss, val_accuracy = model.evaluate(data.x_val, data.y_val,
-                                                    batch_size=t.eval_batch_size, verbose=0)
+            val = evaluate(model, data.x_val, data.y_val, data.class_names, t.eval_batch_size)
             test = evaluate(model, data.x_test, data.y_test, data.class_names,
                             t.eval_batch_size)
         with clock("plots"):
             figures = _figures(history, test, data)
         with clock("tracking"):
-            tracking.log_evaluation(test, {"loss": val_loss, "accuracy": val_accuracy},
+            tracking.log_evaluation(test, {"loss": val.loss, "accuracy": val.accuracy},
                                     figures)
         with clock("model_logging"):
             model_uri = (tracking.log_model(model, data.x_test[:2], test.probabilities[:2])
@@ -122,7 +121,7 @@ def run_experiment(config: Config, context: RunContext = RunContext()) -> RunRes
     checkpoint.discard()
     return RunResult(run_id=run_id, run_name=run_name, experiment_id=experiment_id,
                      tracking_uri=redact(uri), model_uri=model_uri,
-                     val_accuracy=float(val_accuracy), test_accuracy=test.accuracy,
+                     val_accuracy=val.accuracy, test_accuracy=test.accuracy,
                      test_loss=test.loss)
 
 
