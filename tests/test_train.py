@@ -15,7 +15,7 @@ from mnist_exp.train import _BatchChunks, execution_settings, fit, setup_runtime
 def test_chunks_cover_every_sample_once_per_epoch_in_fixed_batches():
     images = np.arange(1000 * 4, dtype=np.int32).reshape(1000, 2, 2)
     labels = np.arange(1000)
-    chunks = _BatchChunks(images, labels, batch_size=32, steps=8, seed=0)
+    chunks = _BatchChunks(images, labels, batch_size=32, steps=8, seed=0)  # 31 batches, prime
     seen = []
     for _ in range(2):
         shapes = [chunks[i][0].shape for i in range(len(chunks))]
@@ -29,6 +29,12 @@ def test_chunks_cover_every_sample_once_per_epoch_in_fixed_batches():
         seen.append(order)
         chunks.on_epoch_end()
     assert not np.array_equal(seen[0], seen[1])  # reshuffled each epoch
+
+
+def test_chunk_size_prefers_an_even_split():
+    labels = np.arange(48000)
+    chunks = _BatchChunks(labels, labels, batch_size=32, steps=64, seed=0)
+    assert {chunks[i][0].shape for i in range(len(chunks))} == {(60, 32)}  # 1500 = 25 x 60
 
 
 def _accuracy(mini, *overrides):

@@ -125,7 +125,7 @@ def _looped(train_step: Callable) -> Callable:
 
 
 class _BatchChunks(keras.utils.PyDataset):
-    """The training set, reshuffled every epoch, as chunks of `steps` batches of
+    """The training set, reshuffled every epoch, as chunks of (up to) `steps` batches of
     `batch_size`: shape (steps, batch, ...). A last, smaller batch travels alone."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, batch_size: int, steps: int,
@@ -135,6 +135,9 @@ class _BatchChunks(keras.utils.PyDataset):
         self.batch_size, self.steps = batch_size, steps
         self.rng = np.random.default_rng(seed)
         full, rest = divmod(len(labels), batch_size)
+        # Prefer a chunk size that divides the batches evenly: each distinct chunk shape
+        # costs an XLA compilation (~1 s) in the first epoch.
+        steps = next((k for k in range(steps, steps // 2, -1) if full % k == 0), steps)
         sizes = [steps] * (full // steps) + ([full % steps] if full % steps else [])
         self.chunks = [(start * batch_size, count, batch_size)
                        for start, count in zip(np.cumsum([0, *sizes[:-1]]), sizes, strict=True)]
