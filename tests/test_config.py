@@ -11,7 +11,7 @@ from conftest import compose_config, own_lines, run_module
 from mnist_exp.config import ConfigError, parse_config
 from mnist_exp.run import CONF_DIR, check_overrides
 
-GROUPS = ["data", "model", "optimizer", "trainer", "tracking", "experiment"]
+GROUPS = ["data", "model", "optimizer", "trainer", "tracking", "experiment", "hparams_search"]
 
 
 def options(group: str) -> list[str]:

@@ -77,9 +77,14 @@ def test_in_a_sweep_a_diverging_job_fails_and_the_others_go_on(mini, tmp_path):
                         "optimizer.learning_rate=1e12,0.05", "hydra.sweep.dir=sweep",
                         cwd=tmp_path)
     assert result.returncode != 0  # the sweep reports its failure...
+    assert "1 job(s) failed" in result.stderr
     _, runs = runs_of(tmp_path)
-    statuses = {r.data.params["optimizer.learning_rate"]: r.info.status for r in runs}
+    [parent] = [r for r in runs if r.data.tags.get("mnist_exp.sweep") == "parent"]
+    statuses = {r.data.params["optimizer.learning_rate"]: r.info.status for r in runs
+                if r is not parent}
     assert statuses == {"1000000000000.0": "FAILED", "0.05": "FINISHED"}  # ...after all ran
+    assert parent.info.status == "FINISHED" and parent.data.metrics["failed_jobs"] == 1
+    assert "loss became nan" in (tmp_path / "sweep" / "0" / "FAILED").read_text()
 
 
 @pytest.mark.parametrize("server", ["closed port", "silent"])

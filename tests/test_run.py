@@ -134,9 +134,10 @@ def test_same_seed_same_result_in_process(mini, tmp_path):
 
 def test_a_run_that_raises_is_marked_failed_with_the_error(tmp_path):
     from mnist_exp import tracking
+    from mnist_exp.store import prepare_experiment
 
     uri = f"sqlite:///{tmp_path / 'db.sqlite'}"
-    experiment_id = tracking.prepare_experiment(uri, "failing")
+    experiment_id = prepare_experiment(uri, "failing")
     with pytest.raises(RuntimeError), tracking.tracked_run(experiment_id, "boom", {}) as run_id:
         raise RuntimeError("disk full")
     run = mlflow.MlflowClient(uri).get_run(run_id)

@@ -20,7 +20,14 @@ from mnist_exp.config import Config
 from mnist_exp.data import Dataset, load_dataset
 from mnist_exp.evaluate import evaluate
 from mnist_exp.model import build_model, compile_model
-from mnist_exp.store import check_reachable, redact, resolve_tracking_uri
+from mnist_exp.store import (
+    check_reachable,
+    join_experiment,
+    prepare_experiment,
+    redact,
+    resolve_tracking_uri,
+)
+from mnist_exp.sweep import SweepInfo
 from mnist_exp.train import execution_settings, fit, setup_runtime
 
 log = logging.getLogger(__name__)
@@ -38,6 +45,8 @@ class RunContext:
     log_file: Path | None = None
     progress_bar: bool = True
     import_seconds: float | None = None  # the entry point's import of the training stack
+    sweep: SweepInfo | None = None  # the sweep this run is a job of
+    job_number: int | None = None
 
 
 @dataclass(frozen=True)
@@ -65,7 +74,11 @@ def run_experiment(config: Config, context: RunContext = RunContext()) -> RunRes
     check_reachable(uri)
     # Opening the store (~0.6 s, more when it is created) overlaps loading the data.
     pool = ThreadPoolExecutor(max_workers=1)
-    experiment = pool.submit(tracking.prepare_experiment, uri, config.tracking.experiment_name)
+    if context.sweep is None:
+        experiment = pool.submit(prepare_experiment, uri, config.tracking.experiment_name)
+    else:  # the sweep made the store, the experiment and the parent run before any job
+        uri = context.sweep.tracking_uri
+        experiment = pool.submit(join_experiment, uri, context.sweep.experiment_id)
     pool.shutdown(wait=False)
     with clock("data"):
         data = load_dataset(d.name, d.path, validation_split=d.validation_split, seed=t.seed,
@@ -88,8 +101,11 @@ def run_experiment(config: Config, context: RunContext = RunContext()) -> RunRes
     run_name = config.tracking.run_name or default_run_name(context.overrides)
     checkpoint = checkpoint_for(config, context.launch_dir)
     resume_id = checkpoint.run_to_resume(t.resume)
-    with tracking.tracked_run(experiment_id, run_name, tracking.run_tags(context.overrides),
-                              resume_run_id=resume_id) as run_id:
+    tags = tracking.run_tags(context.overrides)
+    if context.sweep is not None:  # nests the run under the sweep's, in any process
+        tags |= {"mlflow.parentRunId": context.sweep.parent_run_id,
+                 "sweep.id": context.sweep.sweep_id, "sweep.job": str(context.job_number)}
+    with tracking.tracked_run(experiment_id, run_name, tags, resume_run_id=resume_id) as run_id:
         checkpoint.claim(run_id)
         with clock("tracking"):
             if resume_id is None:

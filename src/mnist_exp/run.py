@@ -9,6 +9,7 @@ nothing behind.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import signal
@@ -24,6 +25,7 @@ from omegaconf import DictConfig
 
 from mnist_exp.config import ConfigError, UserError, parse_config
 from mnist_exp.store import check_reachable, resolve_tracking_uri
+from mnist_exp.sweep import read_sweep_info, threads_per_job
 
 log = logging.getLogger("mnist_exp")
 
@@ -76,12 +78,16 @@ def check_overrides(overrides: list[str]) -> None:
 def experiment(cfg: DictConfig) -> float:
     """Run one experiment; return its validation accuracy for Hydra's sweepers.
 
-    In a sweep, a failing job is reported and recorded, and the other jobs go on
-    (Hydra re-raises the first failure once all have run).
+    In a sweep, a failing job is reported, recorded (its MLflow run FAILED, a FAILED file
+    in its folder) and answers NaN, so the other jobs and the sweep's summary go on; the
+    sweep then exits non-zero (see sweep.py).
     """
-    sweeping = HydraConfig.get().mode == RunMode.MULTIRUN
+    hydra_cfg = HydraConfig.get()
+    sweeping = hydra_cfg.mode == RunMode.MULTIRUN
     try:
         config = parse_config(cfg)
+        if sweeping and not config.trainer.threads:  # parallel jobs share the cores
+            config.trainer.threads = threads_per_job(hydra_cfg.launcher)
         # A remote store that does not answer should cost seconds, not TensorFlow's import.
         check_reachable(resolve_tracking_uri(config.tracking.uri, Path.cwd()))
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ start-up chatter
@@ -89,11 +95,14 @@ def experiment(cfg: DictConfig) -> float:
         from mnist_exp.pipeline import run_experiment  # heavy imports only once the config is valid
 
         result = run_experiment(config, _context(import_seconds=time.perf_counter() - start))
-    except UserError as e:
-        if sweeping:
-            log.error("job failed: %s", e)
+    except Exception as e:
+        if not sweeping and isinstance(e, UserError):
+            _exit_with(e)
+        if not sweeping:
             raise
-        _exit_with(e)
+        log.error("job failed: %s", e, exc_info=not isinstance(e, UserError))
+        Path(hydra_cfg.runtime.output_dir, "FAILED").write_text(f"{type(e).__name__}: {e}\n")
+        return math.nan
     except KeyboardInterrupt:
         print("mnist-exp: interrupted; the MLflow run (if one had started) is marked KILLED "
               "and its last finished epoch is kept: add trainer.resume=true to the same "
@@ -117,6 +126,8 @@ def _context(import_seconds: float):
 
     hydra_cfg = HydraConfig.get()
     output_dir = Path(hydra_cfg.runtime.output_dir)
+    sweep = (read_sweep_info(Path(hydra_cfg.sweep.dir))
+             if hydra_cfg.mode == RunMode.MULTIRUN else None)
     return RunContext(
         overrides=tuple(hydra_cfg.overrides.task),
         launch_dir=Path(hydra_cfg.runtime.cwd),
@@ -124,6 +135,8 @@ def _context(import_seconds: float):
         log_file=output_dir / f"{hydra_cfg.job.name}.log",
         progress_bar=hydra_cfg.mode == RunMode.RUN,
         import_seconds=import_seconds,
+        sweep=sweep,
+        job_number=hydra_cfg.job.get("num"),
     )
 
 

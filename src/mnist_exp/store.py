@@ -1,6 +1,7 @@
-"""Where runs are recorded: the tracking URI, whether it answers, and keeping secrets
-in it out of logs. Light on purpose (no MLflow import), so the entry point can check a
-remote store in a moment, before TensorFlow and MLflow take their seconds to import.
+"""Where runs are recorded: the tracking URI, whether it answers, the experiment, and
+keeping secrets in the URI out of logs. Light on purpose (MLflow is imported only when a
+store is opened), so the entry point can check a remote store in a moment, before
+TensorFlow and MLflow take their seconds to import.
 """
 
 from __future__ import annotations
@@ -34,6 +35,44 @@ def artifact_root(uri: str) -> str | None:
         return None
     database = Path(uri.removeprefix("sqlite:///").split("?")[0])
     return (database.parent / DEFAULT_ARTIFACTS).resolve().as_uri()
+
+
+def prepare_experiment(uri: str, name: str) -> str:
+    """Point MLflow at `uri` and return the id of experiment `name`, creating it (and, for a
+    new SQLite file, the store's tables) if needed.
+
+    In a SQLite store, new experiments keep their artifacts in mlruns/ beside the
+    database; a tracking server chooses its own artifact location.
+    """
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    client = mlflow.MlflowClient()
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        return client.create_experiment(name, artifact_location=artifact_root(uri))
+    if experiment.lifecycle_stage == "deleted":
+        raise TrackingError(f"MLflow experiment {name!r} is deleted; restore it in mlflow ui or "
+                            "set tracking.experiment_name to another name")
+    return experiment.experiment_id
+
+
+def join_experiment(uri: str, experiment_id: str) -> str:
+    """Point MLflow at `uri` for an experiment that already exists (a sweep's)."""
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    return experiment_id
+
+
+def allow_concurrent_writers(uri: str) -> None:
+    """Put a SQLite store in write-ahead-log mode (it persists in the file): readers stop
+    blocking writers, which parallel sweep jobs need."""
+    if uri.startswith("sqlite:///"):
+        import sqlite3
+
+        with sqlite3.connect(uri.removeprefix("sqlite:///").split("?")[0], timeout=30) as db:
+            db.execute("PRAGMA journal_mode=WAL")
 
 
 def check_reachable(uri: str, timeout: float = 5.0) -> None:

@@ -25,26 +25,9 @@ from mnist_exp import __version__
 from mnist_exp.config import Config, first_line, to_dict
 from mnist_exp.data import Dataset
 from mnist_exp.evaluate import Evaluation
-from mnist_exp.store import TrackingError, artifact_root, redact
+from mnist_exp.store import redact
 
 MODEL_NAME = "model"
-
-
-def prepare_experiment(uri: str, name: str) -> str:
-    """Point MLflow at `uri` and return the id of experiment `name`, creating it if needed.
-
-    In a SQLite store, new experiments keep their artifacts in mlruns/ beside the
-    database; a tracking server chooses its own artifact location.
-    """
-    mlflow.set_tracking_uri(uri)
-    client = mlflow.MlflowClient()
-    experiment = client.get_experiment_by_name(name)
-    if experiment is None:
-        return client.create_experiment(name, artifact_location=artifact_root(uri))
-    if experiment.lifecycle_stage == "deleted":
-        raise TrackingError(f"MLflow experiment {name!r} is deleted; restore it in mlflow ui or "
-                            "set tracking.experiment_name to another name")
-    return experiment.experiment_id
 
 
 @contextmanager

@@ -1,0 +1,156 @@
+"""Compare runs: rank a sweep's jobs, or a whole experiment's runs, by validation accuracy.
+
+    python -m mnist_exp.report --sweep <parent run id>
+    python -m mnist_exp.report --experiment mnist --out outputs/report
+
+Prints a ranked table (what differs between the runs, validation and test accuracy, time)
+and writes it, with a comparison plot, to --out. Ranking uses the validation metric only:
+the test set is for reporting, never for choosing. Built on MLflow's own query API.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from matplotlib.figure import Figure
+
+from mnist_exp.config import UserError, first_line
+
+SWEEP_TAG = "mnist_exp.sweep"  # "parent" on a sweep's own run
+VALIDATION = "final_val_accuracy"
+TEST = "test_accuracy"
+_NOT_A_DIFFERENCE = ("tracking.", "optimizer_")  # bookkeeping, and Keras' own echo of params
+
+
+@dataclass(frozen=True)
+class Row:
+    run_id: str
+    name: str
+    status: str
+    params: dict[str, str]
+    val_accuracy: float | None
+    test_accuracy: float | None
+    seconds: float | None
+
+
+def load_rows(client, experiment_ids: list[str], parent_run_id: str | None = None) -> list[Row]:
+    """The runs of the experiments (sweep parents left out), or the children of one sweep."""
+    query = f"tags.`mlflow.parentRunId` = '{parent_run_id}'" if parent_run_id else ""
+    runs = [r for r in client.search_runs(experiment_ids, filter_string=query,
+                                          max_results=50000)
+            if r.data.tags.get(SWEEP_TAG) != "parent"]
+    return [Row(run_id=r.info.run_id, name=r.info.run_name or r.info.run_id[:8],
+                status=r.info.status, params=dict(r.data.params),
+                val_accuracy=r.data.metrics.get(VALIDATION),
+                test_accuracy=r.data.metrics.get(TEST),
+                seconds=(r.info.end_time - r.info.start_time) / 1000 if r.info.end_time else None)
+            for r in runs]
+
+
+def rank(rows: list[Row]) -> list[Row]:
+    """Best validation accuracy first; runs without one (failed, running) last."""
+    return sorted(rows, key=lambda r: (r.val_accuracy is None, -(r.val_accuracy or 0), r.name))
+
+
+def differing_params(rows: list[Row]) -> list[str]:
+    """The config keys whose values differ between the runs: what the comparison is about."""
+    keys = sorted({k for r in rows for k in r.params if not k.startswith(_NOT_A_DIFFERENCE)})
+    return [k for k in keys if len({r.params.get(k) for r in rows}) > 1]
+
+
+def describe(row: Row, keys: list[str]) -> str:
+    return " ".join(f"{k}={row.params.get(k)}" for k in keys) or row.name
+
+
+def to_markdown(rows: list[Row], keys: list[str]) -> str:
+    head = ["rank", "run", *keys, "val accuracy", "test accuracy", "seconds", "status"]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for i, r in enumerate(rows, 1):
+        name = r.run_id[:8] if keys else f"{r.name} ({r.run_id[:8]})"
+        cells = [str(i), name, *(str(r.params.get(k)) for k in keys),
+                 _fmt(r.val_accuracy), _fmt(r.test_accuracy),
+                 "" if r.seconds is None else f"{r.seconds:.1f}", r.status]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_comparison(rows: list[Row], keys: list[str]) -> Figure:
+    """Validation (and, for reference, test) accuracy per run, best at the top."""
+    scored = [r for r in rows if r.val_accuracy is not None]
+    fig = Figure(figsize=(9, 1.2 + 0.45 * max(1, len(scored))), layout="constrained")
+    ax = fig.subplots()
+    positions = range(len(scored))[::-1]
+    ax.barh([p + 0.2 for p in positions], [r.val_accuracy for r in scored], height=0.4,
+            label="validation (ranks)")
+    ax.barh([p - 0.2 for p in positions], [r.test_accuracy or 0 for r in scored], height=0.4,
+            label="test (reported)", alpha=0.6)
+    ax.set_yticks(list(positions), [describe(r, keys) for r in scored], fontsize=8)
+    low = min([r.val_accuracy for r in scored] + [r.test_accuracy or 1 for r in scored],
+              default=0)
+    ax.set_xlim(max(0.0, low - 0.05), 1.0)
+    ax.set_xlabel("accuracy")
+    ax.set_title("Runs ranked by validation accuracy")
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(loc="lower right")
+    return fig
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mnist_exp.report",
+                                     description=__doc__.split("\n\n")[0])
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--sweep", metavar="PARENT_RUN_ID", help="a sweep's parent run id")
+    which.add_argument("--experiment", metavar="NAME", help="an experiment's name")
+    parser.add_argument("--tracking-uri", default=None,
+                        help="default: $MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db")
+    parser.add_argument("--out", type=Path, default=Path("outputs") / "report")
+    args = parser.parse_args(argv)
+    try:
+        rows, keys = _query(args)
+    except UserError as e:
+        print(f"mnist-exp: error: {e}", file=sys.stderr)
+        return 2
+    table = to_markdown(rows, keys)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "ranking.md").write_text(table)
+    plot_comparison(rows, keys).savefig(args.out / "comparison.png", dpi=110)
+    print(table)
+    if rows and rows[0].val_accuracy is not None:
+        print(f"best by validation accuracy: {describe(rows[0], keys)} ({rows[0].run_id})")
+    print(f"written: {args.out / 'ranking.md'}, {args.out / 'comparison.png'}")
+    return 0
+
+
+def _query(args: argparse.Namespace) -> tuple[list[Row], list[str]]:
+    import mlflow
+
+    from mnist_exp.store import check_reachable, resolve_tracking_uri
+
+    uri = resolve_tracking_uri(args.tracking_uri, Path.cwd())
+    check_reachable(uri)
+    client = mlflow.MlflowClient(uri)
+    try:
+        if args.sweep:
+            experiment_ids = [client.get_run(args.sweep).info.experiment_id]
+        else:
+            experiment = client.get_experiment_by_name(args.experiment)
+            if experiment is None:
+                raise UserError(f"no experiment named {args.experiment!r} in {uri}")
+            experiment_ids = [experiment.experiment_id]
+        rows = rank(load_rows(client, experiment_ids, args.sweep))
+    except mlflow.exceptions.MlflowException as e:
+        raise UserError(first_line(e)) from None
+    if not rows:
+        raise UserError("no runs to compare there")
+    return rows, differing_params(rows)
+
+
+def _fmt(value: float | None) -> str:
+    return "" if value is None else f"{value:.4f}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

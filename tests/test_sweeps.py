@@ -1,0 +1,136 @@
+"""Sweeps: grid sweeps in parallel processes, Optuna search, submitit, a tracking server."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import mlflow
+import pytest
+
+from conftest import TINY, run_module
+from mnist_exp.sweep import threads_per_job
+
+ONE_EPOCH = (*TINY[:2], "trainer.epochs=1", "tracking.log_model=false")
+
+
+def sweep_runs(uri: str, experiment: str = "mnist"):
+    client = mlflow.MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    parents = [r for r in runs if r.data.tags.get("mnist_exp.sweep") == "parent"]
+    children = [r for r in runs if r not in parents]
+    return client, parents, children
+
+
+@pytest.mark.parametrize(("rates", "n_jobs"), [("1e-3,3e-4", 2), ("1e-3,3e-4,1e-4,3e-3", 4)],
+                         ids=["4 jobs on 2 processes", "8 jobs on 4 processes"])
+def test_parallel_grid_sweep_loses_no_run(mini, tmp_path, rates, n_jobs):
+    result = run_module("mnist_exp.run", "-m", f"data.path={mini}", *ONE_EPOCH,
+                        "model.hidden_units=[128,32],[64,16]", f"optimizer.learning_rate={rates}",
+                        "hydra/launcher=joblib", f"hydra.launcher.n_jobs={n_jobs}",
+                        "hydra.sweep.dir=sweep", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = 2 * len(rates.split(","))
+    client, [parent], children = sweep_runs(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert parent.info.status == "FINISHED"
+    assert len(children) == jobs
+    assert {r.info.status for r in children} == {"FINISHED"}
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parent.info.run_id}
+    assert sorted(int(r.data.tags["sweep.job"]) for r in children) == list(range(jobs))
+    assert {r.data.params["trainer.threads"] for r in children} == {str(max(1, 2 // n_jobs))}
+    assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {
+        "sweep_ranking.md", "sweep_comparison.png"}
+    best = max(children, key=lambda r: r.data.metrics["final_val_accuracy"])
+    assert parent.data.tags["best_run_id"] == best.info.run_id  # chosen on validation
+    assert parent.data.metrics["jobs"] == jobs
+    assert "Best by validation accuracy" in result.stdout and best.info.run_id in result.stdout
+
+
+def test_optuna_search_runs_its_trials_and_reports_the_best(mini, tmp_path):
+    result = run_module("mnist_exp.run", "-m", "hparams_search=optuna", f"data.path={mini}",
+                        *ONE_EPOCH, "hydra.sweeper.n_trials=6", "hydra.sweep.dir=sweep",
+                        cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    _, [parent], children = sweep_runs(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert len(children) == 6 and {r.info.status for r in children} == {"FINISHED"}
+    assert len({r.data.params["optimizer.learning_rate"] for r in children}) == 6
+    assert (tmp_path / "sweep" / "optimization_results.yaml").is_file()  # Optuna's best
+    assert "best_config" in parent.data.tags
+
+
+def test_submitit_local_launcher_runs_the_same_path(mini, tmp_path):
+    result = run_module("mnist_exp.run", "-m", f"data.path={mini}", *ONE_EPOCH,
+                        "optimizer.learning_rate=1e-3,3e-4", "hydra/launcher=submitit_local",
+                        "hydra.sweep.dir=sweep", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    _, [parent], children = sweep_runs(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert parent.info.status == "FINISHED"
+    assert len(children) == 2 and {r.info.status for r in children} == {"FINISHED"}
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """A real `mlflow server` on 127.0.0.1 with a temporary SQLite backend and artifacts."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+         "--artifacts-destination", str(tmp_path / "server-artifacts"), "--workers", "1"],
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(f"{uri}/health", timeout=2).close()
+            break
+        except OSError:
+            assert server.poll() is None, server.stderr.read().decode()[-2000:]
+            time.sleep(0.5)
+    else:
+        pytest.fail("mlflow server did not start")
+    yield uri
+    os.killpg(server.pid, signal.SIGTERM)
+    server.wait(timeout=30)
+
+
+def test_parallel_sweep_against_a_tracking_server(mini, tmp_path, mlflow_server):
+    work = tmp_path / "work"
+    work.mkdir()
+    result = run_module("mnist_exp.run", "-m", "tracking=server", f"data.path={mini}",
+                        *ONE_EPOCH, "optimizer.learning_rate=1e-3,3e-4", "hydra/launcher=joblib",
+                        "hydra.launcher.n_jobs=2", "hydra.sweep.dir=sweep", cwd=work,
+                        env={"MLFLOW_TRACKING_URI": mlflow_server})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not (work / "mlflow.db").exists()  # everything went to the server
+    client, [parent], children = sweep_runs(mlflow_server)
+    assert parent.info.status == "FINISHED"
+    assert len(children) == 2 and {r.info.status for r in children} == {"FINISHED"}
+    for run in children:
+        assert "curves.png" in {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert (tmp_path / "server-artifacts").is_dir()
+
+
+def test_report_ranks_a_sweep_from_the_store(mini, tmp_path):
+    run_module("mnist_exp.run", "-m", f"data.path={mini}", *ONE_EPOCH,
+               "optimizer.learning_rate=1e-3,1e-4", "hydra.sweep.dir=sweep", cwd=tmp_path)
+    _, [parent], _ = sweep_runs(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    result = run_module("mnist_exp.report", "--sweep", parent.info.run_id, "--out", "report",
+                        cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = [line for line in result.stdout.splitlines() if line.startswith("| 1 |")]
+    assert len(lines) == 1 and "optimizer.learning_rate" in result.stdout
+    assert (tmp_path / "report" / "comparison.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_threads_are_shared_between_parallel_jobs():
+    assert threads_per_job({"n_jobs": 4}, cores=16) == 4
+    assert threads_per_job({"n_jobs": 4}, cores=2) == 1
+    assert threads_per_job({"n_jobs": -1}, cores=8) == 1
+    assert threads_per_job({}, cores=8) == 0 and threads_per_job({"n_jobs": 1}, cores=8) == 0
