@@ -107,7 +107,8 @@ def test_parallel_sweep_against_a_tracking_server(mini, tmp_path, mlflow_server)
                         *ONE_EPOCH, "optimizer.learning_rate=1e-3,3e-4", "hydra/launcher=joblib",
                         "hydra.launcher.n_jobs=2", "hydra.sweep.dir=sweep", cwd=work,
                         env={"MLFLOW_TRACKING_URI": mlflow_server})
-    assert result.returncode == 0, result.stderr[-3000:]
+    failures = [p.read_text() for p in (work / "sweep").glob("*/FAILED")]
+    assert result.returncode == 0, (failures, result.stderr[-3000:])
     assert not (work / "mlflow.db").exists()  # everything went to the server
     client, [parent], children = sweep_runs(mlflow_server)
     assert parent.info.status == "FINISHED"

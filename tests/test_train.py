@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import keras
 import numpy as np
 
 from conftest import compose_config
-from mnist_exp.config import parse_config
-from mnist_exp.data import load_dataset
+from mnist_exp.config import AdamConfig, ModelConfig, parse_config
+from mnist_exp.data import load_dataset, load_idx_folder
 from mnist_exp.evaluate import evaluate
 from mnist_exp.model import build_model, compile_model
-from mnist_exp.train import _BatchChunks, execution_settings, fit, setup_runtime
+from mnist_exp.train import _BatchChunks, _looped, execution_settings, fit, setup_runtime
 
 
 def test_chunks_cover_every_sample_once_per_epoch_in_fixed_batches():
@@ -35,6 +36,34 @@ def test_chunk_size_prefers_an_even_split():
     labels = np.arange(48000)
     chunks = _BatchChunks(labels, labels, batch_size=32, steps=64, seed=0)
     assert {chunks[i][0].shape for i in range(len(chunks))} == {(60, 32)}  # 1500 = 25 x 60
+
+
+def test_a_fused_chunk_makes_the_same_updates_as_batch_by_batch(mini):
+    """The fast path changes how steps are run, not the math: after 8 Adam steps on the
+    same batches, the weights match Keras' plain fit to float32 rounding."""
+    (x, y), _ = load_idx_folder(mini)
+    x, y = x[:256], y[:256]
+
+    class OneChunk(keras.utils.PyDataset):
+        def __len__(self):
+            return 1
+
+        def __getitem__(self, index):
+            return x.reshape(8, 32, 28, 28), y.reshape(8, 32)
+
+    def model(jit_compile):
+        keras.utils.set_random_seed(0)
+        built = build_model(ModelConfig(), num_classes=10)
+        return compile_model(built, AdamConfig(), jit_compile=jit_compile)
+
+    fused, plain = model(jit_compile=True), model(jit_compile=False)
+    fused.train_step = _looped(fused.train_step)
+    fused_loss = fused.fit(OneChunk(), verbose=0).history["loss"]
+    plain_loss = plain.fit(x, y, batch_size=32, shuffle=False, verbose=0).history["loss"]
+    assert fused.optimizer.iterations.numpy() == plain.optimizer.iterations.numpy() == 8
+    np.testing.assert_allclose(fused_loss, plain_loss, rtol=1e-5)
+    for a, b in zip(fused.get_weights(), plain.get_weights(), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5)
 
 
 def _accuracy(mini, *overrides):

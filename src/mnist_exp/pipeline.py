@@ -71,12 +71,12 @@ def run_experiment(config: Config, context: RunContext = RunContext()) -> RunRes
     clock = _Stopwatch()
     uri = resolve_tracking_uri(config.tracking.uri, context.launch_dir)
     d, t = config.data, config.trainer
-    check_reachable(uri)
     # Opening the store (~0.6 s, more when it is created) overlaps loading the data.
     pool = ThreadPoolExecutor(max_workers=1)
     if context.sweep is None:
+        check_reachable(uri)
         experiment = pool.submit(prepare_experiment, uri, config.tracking.experiment_name)
-    else:  # the sweep made the store, the experiment and the parent run before any job
+    else:  # the sweep checked the store and made the experiment and parent run before any job
         uri = context.sweep.tracking_uri
         experiment = pool.submit(join_experiment, uri, context.sweep.experiment_id)
     pool.shutdown(wait=False)

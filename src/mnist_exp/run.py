@@ -89,7 +89,9 @@ def experiment(cfg: DictConfig) -> float:
         if sweeping and not config.trainer.threads:  # parallel jobs share the cores
             config.trainer.threads = threads_per_job(hydra_cfg.launcher)
         # A remote store that does not answer should cost seconds, not TensorFlow's import.
-        check_reachable(resolve_tracking_uri(config.tracking.uri, Path.cwd()))
+        # (A sweep's launcher checked it once before its jobs.)
+        if not sweeping:
+            check_reachable(resolve_tracking_uri(config.tracking.uri, Path.cwd()))
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ start-up chatter
         start = time.perf_counter()
         from mnist_exp.pipeline import run_experiment  # heavy imports only once the config is valid
