@@ -143,3 +143,27 @@ def test_a_run_that_raises_is_marked_failed_with_the_error(tmp_path):
     run = mlflow.MlflowClient(uri).get_run(run_id)
     assert run.info.status == "FAILED"
     assert run.data.tags["error"] == "RuntimeError: disk full"
+
+
+def test_colliding_writes_are_retried_and_other_errors_are_not():
+    from mlflow.exceptions import MlflowException
+
+    from mnist_exp.tracking import _retrying
+
+    calls = []
+
+    def collides_twice():
+        calls.append(1)
+        if len(calls) < 3:
+            raise MlflowException("(sqlite3.IntegrityError) UNIQUE constraint failed: datasets")
+        return "linked"
+
+    assert _retrying(collides_twice) == "linked" and len(calls) == 3
+    def fails_otherwise():
+        calls.append(1)
+        raise MlflowException("no such run")
+
+    calls.clear()
+    with pytest.raises(MlflowException, match="no such run"):
+        _retrying(fails_otherwise)
+    assert len(calls) == 1

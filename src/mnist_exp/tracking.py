@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import random
 import subprocess
 import sys
+import time
 import types
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from importlib.metadata import version
 from pathlib import Path
@@ -85,7 +87,8 @@ def log_datasets(data: Dataset) -> None:
             warnings.filterwarnings("ignore", "The specified dataset source can be interpreted")
             dataset = mlflow.data.from_numpy(images, targets=labels, source=data.source,
                                              name=f"{data.name}-{context}")
-        mlflow.log_input(dataset, context=context)
+        _retrying(lambda dataset=dataset, context=context:
+                  mlflow.log_input(dataset, context=context))
 
 
 def log_evaluation(evaluation: Evaluation, final_val: dict[str, float],
@@ -159,6 +162,21 @@ def log_files(*paths: Path | None) -> None:
     for path in paths:
         if path is not None and path.is_file():
             mlflow.log_artifact(str(path))
+
+
+def _retrying(write: Callable[[], Any], attempts: int = 6) -> Any:
+    """An MLflow write that parallel jobs on one SQLite store can collide on: two jobs
+    inserting the same dataset at once (a UNIQUE constraint fails for the second; on retry
+    it finds the first's row), or the database briefly locked. Retried with backoff."""
+    for attempt in range(attempts):
+        try:
+            return write()
+        except mlflow.exceptions.MlflowException as e:
+            collided = "UNIQUE constraint failed" in str(e) or "database is locked" in str(e)
+            if not collided or attempt == attempts - 1:
+                raise
+            time.sleep(0.1 * 2**attempt * (1 + random.random()))
+    return None
 
 
 def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
