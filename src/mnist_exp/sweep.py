@@ -68,7 +68,7 @@ class MlflowSweepCallback(Callback):
         check_reachable(uri)
         experiment_id = prepare_experiment(uri, config.tracking.experiment_name)
         allow_concurrent_writers(uri)
-        sweep_id = f"{sweep_dir.parent.name}/{sweep_dir.name}"
+        sweep_id = "/".join(sweep_dir.parts[-2:])  # e.g. 2026-11-24/10-31-07
         parent = mlflow.MlflowClient(uri).create_run(
             experiment_id, run_name=f"sweep {sweep_id}",
             tags={"mnist_exp.sweep": "parent", "sweep.id": sweep_id,
