@@ -135,3 +135,21 @@ def test_threads_are_shared_between_parallel_jobs():
     assert threads_per_job({"n_jobs": 4}, cores=2) == 1
     assert threads_per_job({"n_jobs": -1}, cores=8) == 1
     assert threads_per_job({}, cores=8) == 0 and threads_per_job({"n_jobs": 1}, cores=8) == 0
+
+
+def test_an_interrupted_sweep_leaves_nothing_running(mini, tmp_path):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mnist_exp.run", "-m", f"data.path={mini}", "trainer.epochs=50",
+         "optimizer.learning_rate=1e-3,3e-4", "hydra.sweep.dir=sweep"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    for line in process.stdout:
+        if "Epoch 2/50" in line:
+            break
+    process.send_signal(signal.SIGINT)
+    process.communicate(timeout=120)
+    assert process.returncode == 130
+    _, [parent], children = sweep_runs(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert parent.info.status == "KILLED"
+    assert [r.info.status for r in children] == ["KILLED"]

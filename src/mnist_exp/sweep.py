@@ -6,13 +6,15 @@ the store, creates the experiment and the sweep's parent run in `on_multirun_sta
 leaves their ids in <sweep dir>/mlflow_sweep.json; every job, in whatever process or
 machine, reads it and nests its run under the parent. `on_multirun_end` ranks the jobs by
 validation accuracy, attaches the table and a comparison plot to the parent, prints the
-best config, ends the parent run, and makes the sweep exit non-zero if a job failed.
+best config, ends the parent run, and makes the sweep exit non-zero if a job failed. A
+sweep stopped by Ctrl-C leaves its parent KILLED, never RUNNING.
 
 Registered in conf/hydra/default.yaml; it only acts in multirun mode.
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
@@ -59,6 +61,14 @@ def threads_per_job(launcher: DictConfig | dict, cores: int | None = None) -> in
     return max(1, cores // (cores if n_jobs < 0 else n_jobs))
 
 
+def _end_if_open(uri: str, run_id: str) -> None:
+    import mlflow
+
+    client = mlflow.MlflowClient(uri)
+    if client.get_run(run_id).info.status == "RUNNING":
+        client.set_terminated(run_id, "KILLED")
+
+
 class MlflowSweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         import mlflow
@@ -75,6 +85,8 @@ class MlflowSweepCallback(Callback):
                   "command": " ".join(["python -m mnist_exp.run", *sys.argv[1:]])})
         sweep_dir.mkdir(parents=True, exist_ok=True)
         info = SweepInfo(uri, experiment_id, parent.info.run_id, sweep_id)
+        # Ctrl-C or a crash skips on_multirun_end: end the parent then, as KILLED.
+        atexit.register(_end_if_open, uri, parent.info.run_id)
         (sweep_dir / INFO_FILE).write_text(json.dumps(info.__dict__))
         log.info("Sweep %s: MLflow parent run %s", sweep_id, parent.info.run_id)
 
@@ -106,6 +118,7 @@ class MlflowSweepCallback(Callback):
             client.set_tag(info.parent_run_id, "best_run_id", best.run_id)
             client.set_tag(info.parent_run_id, "best_config", report.describe(best, keys))
         client.set_terminated(info.parent_run_id, "FINISHED" if best else "FAILED")
+        atexit.unregister(_end_if_open)
         finished = sum(r.status == "FINISHED" for r in rows)
         print(f"\nSweep {info.sweep_id}: {finished} jobs finished, {len(failed)} failed; "
               f"ranking and plot on MLflow run {info.parent_run_id}")
