@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import keras
 import numpy as np
+import pytest
 
 from conftest import compose_config
-from mnist_exp.config import AdamConfig, ModelConfig, parse_config
+from mnist_exp.config import AdamConfig, MLPConfig, parse_config
 from mnist_exp.data import load_dataset, load_idx_folder
 from mnist_exp.evaluate import evaluate
 from mnist_exp.model import build_model, compile_model
@@ -53,7 +54,7 @@ def test_a_fused_chunk_makes_the_same_updates_as_batch_by_batch(mini):
 
     def model(jit_compile):
         keras.utils.set_random_seed(0)
-        built = build_model(ModelConfig(), num_classes=10)
+        built = build_model(MLPConfig(), num_classes=10)
         return compile_model(built, AdamConfig(), jit_compile=jit_compile)
 
     fused, plain = model(jit_compile=True), model(jit_compile=False)
@@ -86,3 +87,18 @@ def test_fast_path_learns_as_well_as_the_plain_path(mini):
     fast = _accuracy(mini)  # the defaults: 64 steps per XLA-compiled loop
     assert plain > 0.85 and fast > 0.85
     assert abs(fast - plain) < 0.02, (fast, plain)
+
+
+def test_cnn_trains_with_a_cosine_schedule(mini):
+    config = parse_config(compose_config(
+        "model=cnn", f"data.path={mini}", "data.max_train_samples=600", "trainer.epochs=3",
+        "trainer.lr_schedule.name=cosine", "trainer.lr_schedule.min_lr=0.0001"))
+    t = config.trainer
+    data = load_dataset("mnist", str(mini), seed=t.seed, max_train_samples=600)
+    setup_runtime(t.seed)
+    model = build_model(config.model, num_classes=10, train_images=data.x_train)
+    assert [layer.__class__.__name__ for layer in model.layers].count("Conv2D") == 2
+    compile_model(model, config.optimizer, **execution_settings(t))
+    history = fit(model, data, t, verbose=0)
+    assert history["learning_rate"] == pytest.approx([0.001, 0.00055, 0.0001], rel=1e-4)
+    assert history["val_accuracy"][-1] > 0.6

@@ -18,9 +18,9 @@ from omegaconf.errors import OmegaConfBaseException
 
 DATASETS = ("mnist", "fashion_mnist")
 NORMALIZATIONS = ("rescale", "standardize", "none")
-MODELS = ("mlp",)
 ACTIVATIONS = ("relu", "gelu", "elu", "selu", "leaky_relu", "silu", "tanh", "sigmoid")
 MONITORS = ("val_loss", "val_accuracy", "loss", "accuracy")
+SCHEDULES = ("none", "plateau", "cosine")
 
 
 class UserError(Exception):
@@ -43,11 +43,25 @@ class DataConfig:
 
 
 @dataclass
-class ModelConfig:
+class MLPConfig:
     name: str = "mlp"
     hidden_units: list[int] = field(default_factory=lambda: [128, 32])
     activation: str = "relu"
     dropout: float = 0.0
+
+
+@dataclass
+class CNNConfig:
+    name: str = "cnn"
+    filters: list[int] = field(default_factory=lambda: [32, 64])  # one conv block each
+    kernel_size: int = 3
+    hidden_units: list[int] = field(default_factory=lambda: [128])
+    activation: str = "relu"
+    dropout: float = 0.25
+
+
+ModelConfig = MLPConfig | CNNConfig
+MODELS: dict[str, type] = {"mlp": MLPConfig, "cnn": CNNConfig}
 
 
 @dataclass
@@ -98,6 +112,14 @@ class EarlyStoppingConfig:
 
 
 @dataclass
+class LRScheduleConfig:
+    name: str = "none"  # none | plateau | cosine
+    factor: float = 0.5  # plateau: multiply the rate by this ...
+    patience: int = 2  # ... after this many epochs without a better val_loss
+    min_lr: float = 1e-5  # floor for both
+
+
+@dataclass
 class TrainerConfig:
     epochs: int = 25
     batch_size: int = 32
@@ -108,6 +130,7 @@ class TrainerConfig:
     jit_compile: bool = True
     eval_batch_size: int = 1024
     threads: int = 0
+    lr_schedule: LRScheduleConfig = field(default_factory=LRScheduleConfig)
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
 
 
@@ -130,10 +153,10 @@ class Config:
 
 _SECTIONS: dict[str, type] = {
     "data": DataConfig,
-    "model": ModelConfig,
     "trainer": TrainerConfig,
     "tracking": TrackingConfig,
 }
+_BY_NAME: dict[str, dict[str, type]] = {"model": MODELS, "optimizer": OPTIMIZERS}
 
 
 def parse_config(cfg: DictConfig | dict) -> Config:
@@ -144,17 +167,18 @@ def parse_config(cfg: DictConfig | dict) -> Config:
         raise ConfigError(f"{_key_of(e) or 'config'}: {first_line(e)}") from None
     raw = dict(raw)
     raw.pop("experiment", None)  # the preset's name, when a preset sets one
-    _reject_unknown("", raw, [*_SECTIONS, "optimizer"])
-    for name in [*_SECTIONS, "optimizer"]:
+    _reject_unknown("", raw, [*_SECTIONS, *_BY_NAME])
+    for name in [*_SECTIONS, *_BY_NAME]:
         if not isinstance(raw.get(name), dict):
             raise ConfigError(f"{name}: missing; the config needs a '{name}' section")
 
-    optimizer_name = raw["optimizer"].get("name")
-    if optimizer_name not in OPTIMIZERS:
-        raise ConfigError(_choice("optimizer.name", optimizer_name, OPTIMIZERS))
     sections = {name: _typed(name, schema, raw[name]) for name, schema in _SECTIONS.items()}
-    config = Config(optimizer=_typed("optimizer", OPTIMIZERS[optimizer_name], raw["optimizer"]),
-                    **sections)
+    for name, kinds in _BY_NAME.items():  # the schema depends on the section's `name`
+        kind = raw[name].get("name")
+        if kind not in kinds:
+            raise ConfigError(_choice(f"{name}.name", kind, kinds))
+        sections[name] = _typed(name, kinds[kind], raw[name])
+    config = Config(**sections)
     _check_ranges(config)
     return config
 
@@ -208,7 +232,6 @@ def _check_ranges(c: Config) -> None:
          d.max_train_samples is None or d.max_train_samples >= 10, "null or an integer >= 10"),
         ("data.max_test_samples", d.max_test_samples,
          d.max_test_samples is None or d.max_test_samples >= 1, "null or an integer >= 1"),
-        ("model.name", m.name, m.name in MODELS, _one_of(MODELS)),
         ("model.hidden_units", m.hidden_units,
          len(m.hidden_units) > 0 and all(u >= 1 for u in m.hidden_units),
          "a non-empty list of positive integers, e.g. [128,32]"),
@@ -228,6 +251,14 @@ def _check_ranges(c: Config) -> None:
         ("trainer.eval_batch_size", t.eval_batch_size, t.eval_batch_size >= 1,
          "an integer >= 1"),
         ("trainer.threads", t.threads, t.threads >= 0, "an integer >= 0 (0: TensorFlow's choice)"),
+        ("trainer.lr_schedule.name", t.lr_schedule.name, t.lr_schedule.name in SCHEDULES,
+         _one_of(SCHEDULES)),
+        ("trainer.lr_schedule.factor", t.lr_schedule.factor, 0 < t.lr_schedule.factor < 1,
+         "a number in (0, 1)"),
+        ("trainer.lr_schedule.patience", t.lr_schedule.patience, t.lr_schedule.patience >= 0,
+         "an integer >= 0"),
+        ("trainer.lr_schedule.min_lr", t.lr_schedule.min_lr,
+         0 <= t.lr_schedule.min_lr < o.learning_rate, "a number >= 0, below the learning rate"),
         ("trainer.early_stopping.monitor", es.monitor, es.monitor in MONITORS, _one_of(MONITORS)),
         ("trainer.early_stopping.patience", es.patience, es.patience >= 0, "an integer >= 0"),
         ("trainer.early_stopping.min_delta", es.min_delta, es.min_delta >= 0, "a number >= 0"),
@@ -237,6 +268,12 @@ def _check_ranges(c: Config) -> None:
          c.tracking.run_name is None or bool(c.tracking.run_name.strip()),
          "null or a non-empty name"),
     ]
+    if isinstance(m, CNNConfig):
+        checks.append(("model.filters", m.filters,
+                       len(m.filters) > 0 and all(f >= 1 for f in m.filters),
+                       "a non-empty list of positive integers, e.g. [32,64]"))
+        checks.append(("model.kernel_size", m.kernel_size, 1 <= m.kernel_size <= 7,
+                       "an integer from 1 to 7"))
     for attr, allowed in [("beta_1", "[0, 1)"), ("beta_2", "[0, 1)"), ("rho", "[0, 1)"),
                           ("momentum", "[0, 1)")]:
         if hasattr(o, attr):

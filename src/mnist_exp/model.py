@@ -11,7 +11,7 @@ from dataclasses import asdict
 import keras
 import numpy as np
 
-from mnist_exp.config import ModelConfig, OptimizerConfig
+from mnist_exp.config import CNNConfig, ModelConfig, OptimizerConfig
 from mnist_exp.data import IMAGE_SHAPE
 
 _OPTIMIZERS = {
@@ -28,12 +28,21 @@ def build_model(
     normalization: str = "rescale",
     train_images: np.ndarray | None = None,
 ) -> keras.Model:
-    """Input (28, 28) raw pixels -> normalise -> Flatten -> hidden Dense layers -> softmax.
+    """Input (28, 28) raw pixels -> normalise -> [conv blocks] -> Flatten -> hidden Dense
+    layers -> softmax over the classes.
 
     `train_images` supplies the pixel mean and variance for normalization="standardize".
     """
-    layers: list[keras.layers.Layer] = [*_normalization(normalization, train_images),
-                                        keras.layers.Flatten()]
+    layers: list[keras.layers.Layer] = _normalization(normalization, train_images)
+    if isinstance(cfg, CNNConfig):
+        layers.append(keras.layers.Reshape((*IMAGE_SHAPE, 1)))
+        for filters in cfg.filters:  # a block: convolution, 2x2 max-pooling, dropout
+            layers += [keras.layers.Conv2D(filters, cfg.kernel_size, padding="same",
+                                           activation=cfg.activation),
+                       keras.layers.MaxPooling2D()]
+            if cfg.dropout > 0:
+                layers.append(keras.layers.Dropout(cfg.dropout))
+    layers.append(keras.layers.Flatten())
     for units in cfg.hidden_units:
         layers.append(keras.layers.Dense(units, activation=cfg.activation))
         if cfg.dropout > 0:

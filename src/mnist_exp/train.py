@@ -80,6 +80,8 @@ def fit(
             restore_best_weights=stopping.restore_best_weights,
             verbose=1,
         ))
+    initial_rate = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
+    all_callbacks.extend(_schedule(cfg, initial_rate))
     all_callbacks.extend(callbacks)
     if backup_dir is not None:  # last: an epoch is saved only once everything saw its end
         all_callbacks.append(keras.callbacks.BackupAndRestore(str(backup_dir)))
@@ -104,6 +106,22 @@ def fit(
             f"loss became {losses[-1]} in epoch {history.epoch[-1] + 1}; lower "
             "optimizer.learning_rate or set optimizer.clipnorm")
     return history.history
+
+
+def _schedule(cfg: TrainerConfig, initial_rate: float) -> list[keras.callbacks.Callback]:
+    """The learning-rate schedule as an epoch-level callback (it changes the optimizer's rate
+    variable, so it works inside compiled loops too)."""
+    s = cfg.lr_schedule
+    if s.name == "plateau":
+        return [keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=s.factor,
+                                                  patience=s.patience, min_lr=s.min_lr)]
+    if s.name == "cosine":  # from the initial rate down to min_lr over the epochs
+        def cosine(epoch: int, rate: float) -> float:
+            progress = epoch / max(1, cfg.epochs - 1)
+            return s.min_lr + (initial_rate - s.min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
+
+        return [keras.callbacks.LearningRateScheduler(cosine)]
+    return []
 
 
 def _looped(train_step: Callable) -> Callable:
