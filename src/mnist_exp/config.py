@@ -140,6 +140,8 @@ class TrackingConfig:
     experiment_name: str = "mnist"
     run_name: str | None = None
     log_model: bool = True
+    register_model: bool = False
+    registered_model_name: str = "mnist-exp"
 
 
 @dataclass
@@ -258,12 +260,18 @@ def _check_ranges(c: Config) -> None:
         ("trainer.lr_schedule.patience", t.lr_schedule.patience, t.lr_schedule.patience >= 0,
          "an integer >= 0"),
         ("trainer.lr_schedule.min_lr", t.lr_schedule.min_lr,
-         0 <= t.lr_schedule.min_lr < o.learning_rate, "a number >= 0, below the learning rate"),
+         t.lr_schedule.name == "none" or 0 <= t.lr_schedule.min_lr < o.learning_rate,
+         "a number >= 0, below optimizer.learning_rate"),
         ("trainer.early_stopping.monitor", es.monitor, es.monitor in MONITORS, _one_of(MONITORS)),
         ("trainer.early_stopping.patience", es.patience, es.patience >= 0, "an integer >= 0"),
         ("trainer.early_stopping.min_delta", es.min_delta, es.min_delta >= 0, "a number >= 0"),
         ("tracking.experiment_name", c.tracking.experiment_name,
          bool(c.tracking.experiment_name.strip()), "a non-empty name"),
+        ("tracking.register_model", c.tracking.register_model,
+         c.tracking.log_model or not c.tracking.register_model,
+         "false while tracking.log_model is false (there is no model to register)"),
+        ("tracking.registered_model_name", c.tracking.registered_model_name,
+         bool(c.tracking.registered_model_name.strip()), "a non-empty name"),
         ("tracking.run_name", c.tracking.run_name,
          c.tracking.run_name is None or bool(c.tracking.run_name.strip()),
          "null or a non-empty name"),

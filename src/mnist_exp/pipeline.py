@@ -129,7 +129,10 @@ def run_experiment(config: Config, context: RunContext = RunContext()) -> RunRes
             tracking.log_evaluation(test, {"loss": val.loss, "accuracy": val.accuracy},
                                     figures)
         with clock("model_logging"):
-            model_uri = (tracking.log_model(model, data.x_test[:2], test.probabilities[:2])
+            registered = (config.tracking.registered_model_name
+                          if config.tracking.register_model else None)
+            model_uri = (tracking.log_model(model, data.x_test[:2], test.probabilities[:2],
+                                            registered)
                          if config.tracking.log_model else None)
         tracking.log_timings({**clock.seconds, **({"imports": context.import_seconds}
                                                   if context.import_seconds else {})})

@@ -35,6 +35,7 @@ from mnist_exp.store import (
 
 log = logging.getLogger(__name__)
 INFO_FILE = "mlflow_sweep.json"
+CHAMPION = "champion"
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,14 @@ def _end_if_open(uri: str, run_id: str) -> None:
     client = mlflow.MlflowClient(uri)
     if client.get_run(run_id).info.status == "RUNNING":
         client.set_terminated(run_id, "KILLED")
+
+
+def _crown(client, name: str, run_id: str) -> None:
+    """Give the alias `champion` to the registered version of the sweep's best run."""
+    versions = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    if versions:
+        client.set_registered_model_alias(name, CHAMPION, versions[0].version)
+        print(f"models:/{name}@{CHAMPION} is now version {versions[0].version}")
 
 
 class MlflowSweepCallback(Callback):
@@ -117,6 +126,8 @@ class MlflowSweepCallback(Callback):
                 client.log_metric(info.parent_run_id, "best_test_accuracy", best.test_accuracy)
             client.set_tag(info.parent_run_id, "best_run_id", best.run_id)
             client.set_tag(info.parent_run_id, "best_config", report.describe(best, keys))
+            if config.tracking.get("register_model"):
+                _crown(client, config.tracking.registered_model_name, best.run_id)
         client.set_terminated(info.parent_run_id, "FINISHED" if best else "FAILED")
         atexit.unregister(_end_if_open)
         finished = sum(r.status == "FINISHED" for r in rows)

@@ -104,10 +104,11 @@ def log_evaluation(evaluation: Evaluation, final_val: dict[str, float],
         mlflow.log_figure(figure, name)
 
 
-def log_model(model: keras.Model, example: np.ndarray, example_output: np.ndarray) -> str:
+def log_model(model: keras.Model, example: np.ndarray, example_output: np.ndarray,
+              registered_name: str | None = None) -> str:
     """Log the model with MLflow's Keras flavour, a signature (from an example input and the
-    model's output for it, already computed) and the input example; return its URI
-    (models:/<model id>)."""
+    model's output for it, already computed) and the input example, and register it as a
+    new version of `registered_name` if given; return its URI (models:/<model id>)."""
     example = example.astype(np.float32)
     signature = infer_signature(example, example_output)
     info = mlflow.models.Model.log(
@@ -117,6 +118,7 @@ def log_model(model: keras.Model, example: np.ndarray, example_output: np.ndarra
         model=model,
         signature=signature,
         input_example=example,
+        registered_model_name=registered_name,
         # The example's round trip through the saved model is checked by our tests; doing
         # it on every run would reload the model (~0.3 s).
         validate_serving_input=False,

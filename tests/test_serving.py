@@ -1,0 +1,94 @@
+"""The model registry and serving: the best job of a sweep becomes models:/<name>@champion,
+which `mlflow models serve` answers over REST and `mnist_exp.predict` accepts."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+
+from conftest import run_module
+from mnist_exp.data import load_idx_folder
+
+
+@pytest.fixture(scope="module")
+def champion(tmp_path_factory, mini):
+    """A 2-job sweep that registers its models; the better one is the champion."""
+    workdir = tmp_path_factory.mktemp("registry")
+    result = run_module("mnist_exp.run", "-m", f"data.path={mini}", "data.max_train_samples=3000",
+                        "trainer.epochs=2", "optimizer.learning_rate=1e-3,1e-4",
+                        "tracking.register_model=true", "hydra.sweep.dir=sweep", cwd=workdir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "models:/mnist-exp@champion is now version" in result.stdout
+    return workdir, f"sqlite:///{workdir / 'mlflow.db'}"
+
+
+def test_the_best_job_by_validation_is_the_champion(champion):
+    _, uri = champion
+    client = mlflow.MlflowClient(uri)
+    version = client.get_model_version_by_alias("mnist-exp", "champion")
+    runs = client.search_runs([client.get_experiment_by_name("mnist").experiment_id],
+                              filter_string="tags.`mnist_exp.sweep` = 'parent'")
+    assert version.run_id == runs[0].data.tags["best_run_id"]
+    assert len(client.search_model_versions("name = 'mnist-exp'")) == 2
+
+
+def test_mlflow_models_serve_answers_a_digit(champion, mini):
+    workdir, uri = champion
+    (_, _), (x_test, y_test) = load_idx_folder(mini)
+    mlflow.set_tracking_uri(uri)
+    model = mlflow.pyfunc.load_model("models:/mnist-exp@champion")
+    local = np.asarray(model.predict(x_test[:50].astype(np.float32))).argmax(axis=1)
+    index = int(np.flatnonzero(local == y_test[:50])[0])  # a digit the champion gets right
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/mnist-exp@champion",
+         "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
+        cwd=workdir, env={**os.environ, "MLFLOW_TRACKING_URI": uri, "TF_CPP_MIN_LOG_LEVEL": "3",
+                          # it starts `uvicorn` by name: the one beside this Python
+                          "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"},
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2).close()
+                break
+            except OSError:
+                assert server.poll() is None, server.stderr.read().decode()[-3000:]
+                assert time.monotonic() < deadline, "the model server did not start"
+                time.sleep(0.5)
+        body = json.dumps({"inputs": [x_test[index].astype(np.float32).tolist()]}).encode()
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=60) as response:
+            answer = json.load(response)
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(timeout=30)
+    probabilities = np.asarray(answer["predictions"])
+    assert probabilities.shape == (1, 10)
+    assert probabilities.argmax() == y_test[index]
+
+
+def test_predict_accepts_the_champion_alias(champion):
+    workdir, uri = champion
+    result = run_module("mnist_exp.predict", "models:/mnist-exp@champion", "0", "1",
+                        cwd=workdir, env={"MLFLOW_TRACKING_URI": uri})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert [line.split()[0] for line in result.stdout.strip().splitlines()] == [
+        "test[0]", "test[1]"]
