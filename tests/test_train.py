@@ -102,3 +102,10 @@ def test_cnn_trains_with_a_cosine_schedule(mini):
     history = fit(model, data, t, verbose=0)
     assert history["learning_rate"] == pytest.approx([0.001, 0.00055, 0.0001], rel=1e-4)
     assert history["val_accuracy"][-1] > 0.6
+
+
+def test_convolutional_models_skip_xla_on_a_cpu():
+    config = parse_config(compose_config("model=cnn"))
+    assert execution_settings(config.trainer, convolutional=True) == {
+        "jit_compile": False, "steps_per_execution": 64}  # Keras' own loop, oneDNN convs
+    assert execution_settings(config.trainer) == {"jit_compile": True, "steps_per_execution": 1}

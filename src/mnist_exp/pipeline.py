@@ -92,7 +92,8 @@ def run_experiment(config: Config, context: RunContext = RunContext()) -> RunRes
         setup_runtime(t.seed, t.deterministic, t.threads)
         model = build_model(config.model, num_classes=len(data.class_names),
                             normalization=d.normalization, train_images=data.x_train)
-        compile_model(model, config.optimizer, **execution_settings(t))
+        compile_model(model, config.optimizer,
+                      **execution_settings(t, convolutional=config.model.name == "cnn"))
     if context.progress_bar:
         model.summary(print_fn=log.info)
     with clock("tracking"):
