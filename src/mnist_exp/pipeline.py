@@ -21,13 +21,13 @@ from mnist_exp.data import Dataset, load_dataset
 from mnist_exp.evaluate import evaluate
 from mnist_exp.model import build_model, compile_model
 from mnist_exp.store import (
+    SweepInfo,
     check_reachable,
     join_experiment,
     prepare_experiment,
     redact,
     resolve_tracking_uri,
 )
-from mnist_exp.sweep import SweepInfo
 from mnist_exp.train import execution_settings, fit, setup_runtime
 
 log = logging.getLogger(__name__)

@@ -24,8 +24,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from mnist_exp.config import ConfigError, UserError, parse_config
-from mnist_exp.store import check_reachable, resolve_tracking_uri
-from mnist_exp.sweep import read_sweep_info, threads_per_job
+from mnist_exp.store import check_reachable, read_sweep_info, resolve_tracking_uri
+from mnist_exp.sweep import threads_per_job
 
 log = logging.getLogger("mnist_exp")
 
@@ -89,7 +89,8 @@ def experiment(cfg: DictConfig) -> float:
         if sweeping and not config.trainer.threads:  # parallel jobs share the cores
             config.trainer.threads = threads_per_job(hydra_cfg.launcher)
         # A remote store that does not answer should cost seconds, not TensorFlow's import.
-        # (A sweep's launcher checked it once before its jobs.)
+        # (A sweep's launcher checked it once before its jobs; run_experiment checks again,
+        # one quick request, for callers that do not come through here.)
         if not sweeping:
             check_reachable(resolve_tracking_uri(config.tracking.uri, Path.cwd()))
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ start-up chatter

@@ -6,17 +6,38 @@ TensorFlow and MLflow take their seconds to import.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import urllib.error
 import urllib.request
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from mnist_exp.config import UserError
 
 DEFAULT_DB = "mlflow.db"
 DEFAULT_ARTIFACTS = "mlruns"
+SWEEP_FILE = "mlflow_sweep.json"
 _CREDENTIALS = re.compile(r"(://[^/:@\s]+):[^@/\s]*@")
+
+
+@dataclass(frozen=True)
+class SweepInfo:
+    """Where a sweep records its runs, left in its folder for its jobs (sweep.py)."""
+
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+    sweep_id: str
+
+    def save(self, sweep_dir: Path) -> None:
+        (sweep_dir / SWEEP_FILE).write_text(json.dumps(asdict(self)))
+
+
+def read_sweep_info(sweep_dir: Path) -> SweepInfo | None:
+    path = sweep_dir / SWEEP_FILE
+    return SweepInfo(**json.loads(path.read_text())) if path.is_file() else None
 
 
 class TrackingError(UserError):

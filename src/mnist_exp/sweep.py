@@ -15,11 +15,9 @@ Registered in conf/hydra/default.yaml; it only acts in multirun mode.
 from __future__ import annotations
 
 import atexit
-import json
 import logging
 import os
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,30 +25,16 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from mnist_exp.store import (
+    SweepInfo,
     allow_concurrent_writers,
     check_reachable,
     prepare_experiment,
+    read_sweep_info,
     resolve_tracking_uri,
 )
 
 log = logging.getLogger(__name__)
-INFO_FILE = "mlflow_sweep.json"
 CHAMPION = "champion"
-
-
-@dataclass(frozen=True)
-class SweepInfo:
-    """What a job needs to join its sweep."""
-
-    tracking_uri: str
-    experiment_id: str
-    parent_run_id: str
-    sweep_id: str
-
-
-def read_sweep_info(sweep_dir: Path) -> SweepInfo | None:
-    path = sweep_dir / INFO_FILE
-    return SweepInfo(**json.loads(path.read_text())) if path.is_file() else None
 
 
 def threads_per_job(launcher: DictConfig | dict, cores: int | None = None) -> int:
@@ -96,7 +80,7 @@ class MlflowSweepCallback(Callback):
         info = SweepInfo(uri, experiment_id, parent.info.run_id, sweep_id)
         # Ctrl-C or a crash skips on_multirun_end: end the parent then, as KILLED.
         atexit.register(_end_if_open, uri, parent.info.run_id)
-        (sweep_dir / INFO_FILE).write_text(json.dumps(info.__dict__))
+        info.save(sweep_dir)
         log.info("Sweep %s: MLflow parent run %s", sweep_id, parent.info.run_id)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:

@@ -1,4 +1,4 @@
-"""Everything MLflow: the experiment, the run's lifecycle and what each run records."""
+"""Everything MLflow about a run: its lifecycle and what it records."""
 
 from __future__ import annotations
 
