@@ -20,6 +20,8 @@ import pytest
 from conftest import run_module
 from mnist_exp.data import load_idx_folder
 
+pytestmark = pytest.mark.slow  # a sweep, then a model server: ~45 s
+
 
 @pytest.fixture(scope="module")
 def champion(tmp_path_factory, mini):

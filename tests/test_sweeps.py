@@ -27,8 +27,10 @@ def sweep_runs(uri: str, experiment: str = "mnist"):
     return client, parents, children
 
 
-@pytest.mark.parametrize(("rates", "n_jobs"), [("1e-3,3e-4", 2), ("1e-3,3e-4,1e-4,3e-3", 4)],
-                         ids=["4 jobs on 2 processes", "8 jobs on 4 processes"])
+@pytest.mark.parametrize(("rates", "n_jobs"), [
+    ("1e-3,3e-4", 2),
+    pytest.param("1e-3,3e-4,1e-4,3e-3", 4, marks=pytest.mark.slow),
+], ids=["4 jobs on 2 processes", "8 jobs on 4 processes"])
 def test_parallel_grid_sweep_loses_no_run(mini, tmp_path, rates, n_jobs):
     result = run_module("mnist_exp.run", "-m", f"data.path={mini}", *ONE_EPOCH,
                         "model.hidden_units=[128,32],[64,16]", f"optimizer.learning_rate={rates}",
@@ -51,6 +53,7 @@ def test_parallel_grid_sweep_loses_no_run(mini, tmp_path, rates, n_jobs):
     assert "Best by validation accuracy" in result.stdout and best.info.run_id in result.stdout
 
 
+@pytest.mark.slow
 def test_optuna_search_runs_its_trials_and_reports_the_best(mini, tmp_path):
     result = run_module("mnist_exp.run", "-m", "hparams_search=optuna", f"data.path={mini}",
                         *ONE_EPOCH, "hydra.sweeper.n_trials=6", "hydra.sweep.dir=sweep",
@@ -100,6 +103,7 @@ def mlflow_server(tmp_path):
     server.wait(timeout=30)
 
 
+@pytest.mark.slow
 def test_parallel_sweep_against_a_tracking_server(mini, tmp_path, mlflow_server):
     work = tmp_path / "work"
     work.mkdir()
