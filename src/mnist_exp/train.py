@@ -88,15 +88,16 @@ def fit(
     all_callbacks.extend(callbacks)
     if backup_dir is not None:  # last: an epoch is saved only once everything saw its end
         all_callbacks.append(keras.callbacks.BackupAndRestore(str(backup_dir)))
-    if model.jit_compile and cfg.steps_per_execution > 1:  # see execution_settings
+    # Batches come from our own reshuffling sequence: Keras' shuffle of NumPy arrays repeats
+    # the same order every epoch once keras.utils.set_random_seed is set (Keras 3.15).
+    fused = model.jit_compile and cfg.steps_per_execution > 1  # see execution_settings
+    if fused:
         model.train_step = _looped(model.train_step)  # this instance only; saves as usual
-        inputs = {"x": _BatchChunks(data.x_train, data.y_train, cfg.batch_size,
-                                    cfg.steps_per_execution, cfg.seed)}
-    else:
-        inputs = {"x": data.x_train, "y": data.y_train, "batch_size": cfg.batch_size,
-                  "shuffle": True}
+    batches = _BatchChunks(data.x_train, data.y_train, cfg.batch_size,
+                           cfg.steps_per_execution if fused else 1, cfg.seed, chunked=fused)
     history = model.fit(
-        **inputs,
+        batches,
+        shuffle=False,  # the sequence reshuffles itself; Keras would also reorder its items
         validation_data=(data.x_val, data.y_val),
         validation_batch_size=cfg.eval_batch_size,
         epochs=cfg.epochs,
@@ -147,11 +148,13 @@ def _looped(train_step: Callable) -> Callable:
 
 class _BatchChunks(keras.utils.PyDataset):
     """The training set, reshuffled every epoch, as chunks of (up to) `steps` batches of
-    `batch_size`: shape (steps, batch, ...). A last, smaller batch travels alone."""
+    `batch_size`: shape (steps, batch, ...); with chunked=False, one plain batch per item.
+    A last, smaller batch travels alone."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, batch_size: int, steps: int,
-                 seed: int) -> None:
+                 seed: int, chunked: bool = True) -> None:
         super().__init__()
+        self.chunked = chunked
         self.images, self.labels = images, labels
         self.batch_size, self.steps = batch_size, steps
         self.rng = np.random.default_rng(seed)
@@ -172,6 +175,8 @@ class _BatchChunks(keras.utils.PyDataset):
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         start, count, size = self.chunks[index]
         picked = self.order[start: start + count * size]
+        if not self.chunked:
+            return self.images[picked], self.labels[picked]
         return (self.images[picked].reshape(count, size, *self.images.shape[1:]),
                 self.labels[picked].reshape(count, size))
 
