@@ -19,10 +19,6 @@ class Evaluation:
     report: dict
     report_text: str
 
-    @property
-    def predicted(self) -> np.ndarray:
-        return self.probabilities.argmax(axis=1)
-
     def metrics(self, prefix: str = "test") -> dict[str, float]:
         """Loss, accuracy, macro averages and per-class precision/recall/F1 (by class index)."""
         out = {f"{prefix}_loss": self.loss, f"{prefix}_accuracy": self.accuracy}
