@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import os
 import re
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,3 +88,36 @@ def tiny_run(tmp_path_factory, mini) -> TinyRun:
                          env={"MNIST_EXP_TEST_SECRET": SECRET})
     assert process.returncode == 0, process.stderr[-3000:]
     return TinyRun(workdir, f"sqlite:///{workdir / 'mlflow.db'}", process)
+
+
+@contextmanager
+def serving(command: list[str], *, ready: str, cwd: Path, env: dict | None = None,
+            timeout: float = 180) -> Iterator[str]:
+    """Start a server (`command` + --host/--port on a free local port), wait until GET
+    `ready` answers, yield its base URL; stop it and its workers afterwards."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "MLFLOW_DISABLE_TELEMETRY": "true",
+                # MLflow starts `uvicorn` by name: the one beside this Python
+                "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+                **(env or {})}
+    server = subprocess.Popen([*command, "--host", "127.0.0.1", "--port", str(port)], cwd=cwd,
+                              env=full_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                urllib.request.urlopen(url + ready, timeout=2).close()
+                break
+            except OSError:
+                assert server.poll() is None, server.stderr.read().decode()[-3000:]
+                assert time.monotonic() < deadline, f"{command[:4]} did not start"
+                time.sleep(0.5)
+        yield url
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(timeout=30)

@@ -4,20 +4,14 @@ which `mlflow models serve` answers over REST and `mnist_exp.predict` accepts.""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
 import sys
-import time
 import urllib.request
-from pathlib import Path
 
 import mlflow
 import numpy as np
 import pytest
 
-from conftest import run_module
+from conftest import run_module, serving
 from mnist_exp.data import load_idx_folder
 
 pytestmark = pytest.mark.slow  # a sweep, then a model server: ~45 s
@@ -53,35 +47,14 @@ def test_mlflow_models_serve_answers_a_digit(champion, mini):
     local = np.asarray(model.predict(x_test[:50].astype(np.float32))).argmax(axis=1)
     index = int(np.flatnonzero(local == y_test[:50])[0])  # a digit the champion gets right
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/mnist-exp@champion",
-         "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
-        cwd=workdir, env={**os.environ, "MLFLOW_TRACKING_URI": uri, "TF_CPP_MIN_LOG_LEVEL": "3",
-                          # it starts `uvicorn` by name: the one beside this Python
-                          "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"},
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2).close()
-                break
-            except OSError:
-                assert server.poll() is None, server.stderr.read().decode()[-3000:]
-                assert time.monotonic() < deadline, "the model server did not start"
-                time.sleep(0.5)
+    with serving([sys.executable, "-m", "mlflow", "models", "serve",
+                  "-m", "models:/mnist-exp@champion", "--env-manager", "local"],
+                 ready="/ping", cwd=workdir, env={"MLFLOW_TRACKING_URI": uri}) as url:
         body = json.dumps({"inputs": [x_test[index].astype(np.float32).tolist()]}).encode()
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
+        request = urllib.request.Request(f"{url}/invocations", data=body,
                                          headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(request, timeout=60) as response:
             answer = json.load(response)
-    finally:
-        if server.poll() is None:
-            os.killpg(server.pid, signal.SIGTERM)
-            server.wait(timeout=30)
     probabilities = np.asarray(answer["predictions"])
     assert probabilities.shape == (1, 10)
     assert probabilities.argmax() == y_test[index]

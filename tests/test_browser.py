@@ -1,0 +1,133 @@
+"""`mlflow ui` in a real browser: headless Chromium (Debian's chromium + chromium-driver,
+driven by Selenium) shows the experiment, the run, its metric charts and its artifacts
+from a real run. Screenshots go to outputs/browser-test/ for a human to look at."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from conftest import ROOT, serving
+
+pytestmark = pytest.mark.slow  # a UI server and a browser: ~40 s
+
+CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+SCREENSHOTS = ROOT / "outputs" / "browser-test"
+WAIT_S = 90  # the UI is a large single-page app; a loaded 2-core CI machine is slow
+
+webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is in the dev extra")
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def ui(tiny_run):
+    """`mlflow ui` on 127.0.0.1 over the tiny run's store, as a user would start it."""
+    with serving([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri",
+                  tiny_run.tracking_uri, "--workers", "1"], ready="/health",
+                 cwd=tiny_run.workdir) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not (CHROMIUM and CHROMEDRIVER):
+        pytest.skip("Chromium is not installed: apt-get install chromium chromium-driver "
+                    "(.ci/run does this)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--window-size=1400,1000", "--disable-background-networking", "--no-first-run",
+                 "--disable-extensions", "--disable-sync"):
+        options.add_argument(flag)
+    # The driver named explicitly: Selenium never tries to download one.
+    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(CHROMEDRIVER))
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    yield driver
+    driver.quit()
+
+
+@pytest.fixture(scope="module")
+def run(tiny_run):
+    client = mlflow.MlflowClient(tiny_run.tracking_uri)
+    [run] = client.search_runs([client.get_experiment_by_name("mnist").experiment_id])
+    return run
+
+
+def page_text(driver) -> str:
+    return driver.find_element(By.TAG_NAME, "body").text
+
+
+def open_and_wait(driver, url: str, *texts: str) -> str:
+    """Load `url` and wait until the page shows every one of `texts`."""
+    driver.get(url)
+    try:
+        WebDriverWait(driver, WAIT_S).until(
+            lambda d: all(text in page_text(d) for text in texts))
+    except Exception:
+        driver.save_screenshot(str(SCREENSHOTS / "failed.png"))
+        missing = [text for text in texts if text not in page_text(driver)]
+        pytest.fail(f"{url} never showed {missing}; screenshot in {SCREENSHOTS}")
+    close_assistant(driver)
+    return page_text(driver)
+
+
+def close_assistant(driver) -> None:
+    """MLflow 3 opens its chat assistant beside the page on first load; close it."""
+    for button in driver.find_elements(By.CSS_SELECTOR, "button[aria-label='Close']"):
+        if button.is_displayed():
+            button.click()
+
+
+def test_experiment_lists_the_run(ui, browser, run):
+    text = open_and_wait(browser, f"{ui}/#/experiments", "mnist")
+    assert "mnist" in text
+    text = open_and_wait(browser, f"{ui}/#/experiments/{run.info.experiment_id}/runs",
+                         run.info.run_name[:20], "matching run")
+    assert "1 matching run" in text
+    browser.save_screenshot(str(SCREENSHOTS / "experiment.png"))
+
+
+def test_run_page_shows_metrics_and_params(ui, browser, run):
+    url = f"{ui}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
+    text = open_and_wait(browser, url, "test_accuracy", "Parameters")
+    assert str(run.data.metrics["test_accuracy"])[:6] in text
+    assert "trainer.epochs" in text
+    browser.save_screenshot(str(SCREENSHOTS / "run.png"))
+
+
+def test_metric_charts_are_drawn(ui, browser, run):
+    url = f"{ui}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}/model-metrics"
+    open_and_wait(browser, url, "Model metrics", "accuracy")
+    search = browser.find_element(By.CSS_SELECTOR, "input[placeholder='Search metric charts']")
+    search.send_keys("val_")  # leaves the per-epoch validation curves (and final_val_*)
+    WebDriverWait(browser, WAIT_S).until(lambda d: "test_accuracy" not in page_text(d))
+    titles = page_text(browser)
+    assert "val_accuracy" in titles and "val_loss" in titles
+    # Each curve is drawn: plotly renders a line trace per chart.
+    WebDriverWait(browser, WAIT_S).until(lambda d: d.execute_script(
+        "return document.querySelectorAll('.js-plotly-plot .scatterlayer .trace').length") >= 2)
+    browser.save_screenshot(str(SCREENSHOTS / "metric_charts.png"))
+
+
+@pytest.mark.parametrize("artifact", ["curves.png", "confusion_matrix.png"])
+def test_artifact_images_are_shown(ui, browser, run, tiny_run, artifact):
+    url = f"{ui}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}/artifacts"
+    open_and_wait(browser, url, "curves.png", "confusion_matrix.png", "sample_predictions.png")
+    browser.find_element(By.XPATH, f"//*[text()='{artifact}']").click()
+    # The preview fetches the file through the server and shows it as an <img>.
+    width = WebDriverWait(browser, WAIT_S).until(lambda d: d.execute_script(
+        "return Math.max(0, ...Array.from(document.images)"
+        ".filter(i => i.src.startsWith('blob:')).map(i => i.naturalWidth))"))
+    local = Path(mlflow.artifacts.download_artifacts(
+        run_id=run.info.run_id, artifact_path=artifact, tracking_uri=tiny_run.tracking_uri))
+    assert width == _png_width(local)  # the very image the run logged
+    browser.save_screenshot(str(SCREENSHOTS / f"artifact_{Path(artifact).stem}.png"))
+
+
+def _png_width(path: Path) -> int:
+    return int.from_bytes(path.read_bytes()[16:20], "big")
