@@ -42,6 +42,33 @@ def test_plain_batches_are_reshuffled_every_epoch():
     assert not np.array_equal(first[0], batches[0][1])
 
 
+def test_augmented_batches_move_each_image_by_at_most_max_shift():
+    images = np.zeros((500, 28, 28), np.uint8)
+    images[np.arange(500), 10, np.arange(500) % 20 + 4] = 255  # one marked pixel, label = col
+    labels = np.arange(500) % 20 + 4
+    chunks = _BatchChunks(images, labels, batch_size=50, steps=5, seed=0, max_shift=2)
+    moves = set()
+    for i in range(len(chunks)):
+        x, y = chunks[i]
+        x, y = x.reshape(-1, 28, 28), y.ravel()
+        assert x.dtype == np.uint8 and (x > 0).sum(axis=(1, 2)).tolist() == [1] * len(y)
+        rows, cols = np.nonzero(x)[1:]
+        moves |= set(zip((rows - 10).tolist(), (cols - y).tolist(), strict=True))
+    assert moves == {(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)}
+
+
+def test_horizontal_flip_mirrors_about_half_and_keeps_labels():
+    images = np.zeros((1000, 28, 28), np.uint8)
+    images[:, 5, 0] = 255
+    batches = _BatchChunks(images, np.arange(1000), batch_size=1000, steps=1, seed=0,
+                           chunked=False, horizontal_flip=True)
+    x, y = batches[0]
+    mirrored = x[:, 5, 27] == 255
+    assert 400 < mirrored.sum() < 600
+    assert (x[~mirrored, 5, 0] == 255).all() and sorted(y) == list(range(1000))
+    assert (images[:, 5, 0] == 255).all()  # the training set itself is untouched
+
+
 def test_chunk_size_prefers_an_even_split():
     labels = np.arange(48000)
     chunks = _BatchChunks(labels, labels, batch_size=32, steps=64, seed=0)

@@ -120,6 +120,12 @@ class LRScheduleConfig:
 
 
 @dataclass
+class AugmentConfig:
+    max_shift: int = 0  # move each training image by up to this many pixels in x and y
+    horizontal_flip: bool = False  # mirror half of them (clothes yes, digits no)
+
+
+@dataclass
 class TrainerConfig:
     epochs: int = 25
     batch_size: int = 32
@@ -132,6 +138,7 @@ class TrainerConfig:
     threads: int = 0
     lr_schedule: LRScheduleConfig = field(default_factory=LRScheduleConfig)
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
 @dataclass
@@ -265,6 +272,8 @@ def _check_ranges(c: Config) -> None:
         ("trainer.early_stopping.monitor", es.monitor, es.monitor in MONITORS, _one_of(MONITORS)),
         ("trainer.early_stopping.patience", es.patience, es.patience >= 0, "an integer >= 0"),
         ("trainer.early_stopping.min_delta", es.min_delta, es.min_delta >= 0, "a number >= 0"),
+        ("trainer.augment.max_shift", t.augment.max_shift, 0 <= t.augment.max_shift <= 8,
+         "an integer from 0 (off) to 8 pixels"),
         ("tracking.experiment_name", c.tracking.experiment_name,
          bool(c.tracking.experiment_name.strip()), "a non-empty name"),
         ("tracking.register_model", c.tracking.register_model,

@@ -94,7 +94,9 @@ def fit(
     if fused:
         model.train_step = _looped(model.train_step)  # this instance only; saves as usual
     batches = _BatchChunks(data.x_train, data.y_train, cfg.batch_size,
-                           cfg.steps_per_execution if fused else 1, cfg.seed, chunked=fused)
+                           cfg.steps_per_execution if fused else 1, cfg.seed, chunked=fused,
+                           max_shift=cfg.augment.max_shift,
+                           horizontal_flip=cfg.augment.horizontal_flip)
     history = model.fit(
         batches,
         shuffle=False,  # the sequence reshuffles itself; Keras would also reorder its items
@@ -149,12 +151,15 @@ def _looped(train_step: Callable) -> Callable:
 class _BatchChunks(keras.utils.PyDataset):
     """The training set, reshuffled every epoch, as chunks of (up to) `steps` batches of
     `batch_size`: shape (steps, batch, ...); with chunked=False, one plain batch per item.
-    A last, smaller batch travels alone."""
+    A last, smaller batch travels alone. Augmentation (shift, mirror) happens here, on the
+    CPU beside the compiled step, so the trained model stays exactly the configured one."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, batch_size: int, steps: int,
-                 seed: int, chunked: bool = True) -> None:
+                 seed: int, chunked: bool = True, max_shift: int = 0,
+                 horizontal_flip: bool = False) -> None:
         super().__init__()
         self.chunked = chunked
+        self.max_shift, self.horizontal_flip = max_shift, horizontal_flip
         self.images, self.labels = images, labels
         self.batch_size, self.steps = batch_size, steps
         self.rng = np.random.default_rng(seed)
@@ -175,10 +180,32 @@ class _BatchChunks(keras.utils.PyDataset):
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         start, count, size = self.chunks[index]
         picked = self.order[start: start + count * size]
+        images = self._augmented(self.images[picked])
         if not self.chunked:
-            return self.images[picked], self.labels[picked]
-        return (self.images[picked].reshape(count, size, *self.images.shape[1:]),
+            return images, self.labels[picked]
+        return (images.reshape(count, size, *self.images.shape[1:]),
                 self.labels[picked].reshape(count, size))
+
+    def _augmented(self, images: np.ndarray) -> np.ndarray:
+        """Each image moved by its own random (dy, dx), the gap filled with background
+        (zeros), and mirrored with probability 1/2 if asked."""
+        if self.max_shift:
+            s, moved = self.max_shift, np.zeros_like(images)
+            shifts = self.rng.integers(-s, s + 1, size=(2, len(images)))
+            for dy in range(-s, s + 1):  # one slice copy per distinct shift: ~10x faster
+                for dx in range(-s, s + 1):  # than gathering pixel by pixel
+                    which = np.flatnonzero((shifts[0] == dy) & (shifts[1] == dx))
+                    moved[which, _span(dy), _span(dx)] = images[which, _span(-dy), _span(-dx)]
+            images = moved
+        if self.horizontal_flip:
+            mirror = self.rng.random(len(images)) < 0.5
+            images[mirror] = images[mirror, :, ::-1]  # a copy already: picked by index
+        return images
 
     def on_epoch_end(self) -> None:
         self.order = self.rng.permutation(len(self.labels))
+
+
+def _span(shift: int) -> slice:
+    """The pixels that a move by `shift` writes to; _span(-shift): those it reads from."""
+    return slice(shift, None) if shift >= 0 else slice(None, shift)
