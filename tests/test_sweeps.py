@@ -11,6 +11,7 @@ import mlflow
 import pytest
 
 from conftest import TINY, run_module, serving
+from mnist_exp.report import Row, summarize
 from mnist_exp.sweep import threads_per_job
 
 ONE_EPOCH = (*TINY[:2], "trainer.epochs=1", "tracking.log_model=false")
@@ -107,11 +108,24 @@ def test_report_ranks_a_sweep_from_the_store(mini, tmp_path):
                "optimizer.learning_rate=1e-3,1e-4", "hydra.sweep.dir=sweep", cwd=tmp_path)
     _, [parent], _ = sweep_runs(f"sqlite:///{tmp_path / 'mlflow.db'}")
     result = run_module("mnist_exp.report", "--sweep", parent.info.run_id, "--out", "report",
-                        cwd=tmp_path)
+                        "--group-by", "optimizer.learning_rate", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     lines = [line for line in result.stdout.splitlines() if line.startswith("| 1 |")]
     assert len(lines) == 1 and "optimizer.learning_rate" in result.stdout
     assert (tmp_path / "report" / "comparison.png").read_bytes()[:4] == b"\x89PNG"
+    groups = (tmp_path / "report" / "groups.md").read_text().splitlines()
+    assert [line.split(" | ")[:2] for line in groups[2:]] in (
+        [["| 0.001", "1"], ["| 0.0001", "1"]], [["| 0.0001", "1"], ["| 0.001", "1"]])
+
+
+def test_groups_are_summarized_over_their_finished_runs():
+    def row(preset, val, test, status="FINISHED"):
+        return Row("id", preset, status, {"tracking.run_name": preset}, val, test, 10.0)
+    rows = [row("a", 0.90, 0.88), row("a", 0.92, 0.90), row("b", 0.95, 0.93),
+            row("b", None, None, status="FAILED")]
+    table = summarize(rows, "tracking.run_name").splitlines()
+    assert table[2] == "| b | 1 | 0.9300 | 0.9300 - 0.9300 | 0.9500 | 10 |"
+    assert table[3] == "| a | 2 | 0.8900 ± 0.0141 | 0.8800 - 0.9000 | 0.9100 ± 0.0141 | 10 |"
 
 
 def test_threads_are_shared_between_parallel_jobs():

@@ -2,15 +2,19 @@
 
     python -m mnist_exp.report --sweep <parent run id>
     python -m mnist_exp.report --experiment mnist --out outputs/report
+    python -m mnist_exp.report --experiment fashion_mnist --group-by tracking.run_name
 
 Prints a ranked table (what differs between the runs, validation and test accuracy, time)
-and writes it, with a comparison plot, to --out. Ranking uses the validation metric only:
-the test set is for reporting, never for choosing. Built on MLflow's own query API.
+and writes it, with a comparison plot, to --out. --group-by a config key adds the mean and
+spread over each group's finished runs (e.g. one preset over several seeds). Ranking uses
+the validation metric only: the test set is for reporting, never for choosing.
+Built on MLflow's own query API.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,6 +81,34 @@ def to_markdown(rows: list[Row], keys: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def summarize(rows: list[Row], key: str) -> str:
+    """One line per value of config key `key`: how its finished runs scored, as mean ±
+    sample standard deviation, best mean validation accuracy first."""
+    groups: dict[str, list[Row]] = {}
+    for r in rows:
+        if r.status == "FINISHED" and r.test_accuracy is not None:
+            groups.setdefault(r.params.get(key, "(not set)"), []).append(r)
+    head = [key, "runs", "test accuracy", "min - max", "val accuracy", "seconds"]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for value, members in sorted(groups.items(),
+                                 key=lambda g: -statistics.mean(_vals(g[1], "val_accuracy"))):
+        tests = _vals(members, "test_accuracy")
+        cells = [value, str(len(members)), _mean_sd(tests), f"{min(tests):.4f} - {max(tests):.4f}",
+                 _mean_sd(_vals(members, "val_accuracy")),
+                 f"{statistics.mean(_vals(members, 'seconds')):.0f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _vals(rows: list[Row], field: str) -> list[float]:
+    return [getattr(r, field) for r in rows if getattr(r, field) is not None] or [float("nan")]
+
+
+def _mean_sd(values: list[float]) -> str:
+    mean = f"{statistics.mean(values):.4f}"
+    return f"{mean} ± {statistics.stdev(values):.4f}" if len(values) > 1 else mean
+
+
 def plot_comparison(rows: list[Row], keys: list[str]) -> Figure:
     """Validation (and, for reference, test) accuracy per run, best at the top."""
     scored = [r for r in rows if r.val_accuracy is not None]
@@ -106,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     which.add_argument("--experiment", metavar="NAME", help="an experiment's name")
     parser.add_argument("--tracking-uri", default=None,
                         help="default: $MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db")
+    parser.add_argument("--group-by", metavar="KEY",
+                        help="a config key, e.g. tracking.run_name: mean ± sd per value")
     parser.add_argument("--out", type=Path, default=Path("outputs") / "report")
     args = parser.parse_args(argv)
     try:
@@ -118,6 +152,10 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "ranking.md").write_text(table)
     plot_comparison(rows, keys).savefig(args.out / "comparison.png", dpi=110)
     print(table)
+    if args.group_by:
+        summary = summarize(rows, args.group_by)
+        (args.out / "groups.md").write_text(summary)
+        print(summary)
     if rows and rows[0].val_accuracy is not None:
         print(f"best by validation accuracy: {describe(rows[0], keys)} ({rows[0].run_id})")
     print(f"written: {args.out / 'ranking.md'}, {args.out / 'comparison.png'}")
