@@ -151,8 +151,9 @@ def _looped(train_step: Callable) -> Callable:
 class _BatchChunks(keras.utils.PyDataset):
     """The training set, reshuffled every epoch, as chunks of (up to) `steps` batches of
     `batch_size`: shape (steps, batch, ...); with chunked=False, one plain batch per item.
-    A last, smaller batch travels alone. Augmentation (shift, mirror) happens here, on the
-    CPU beside the compiled step, so the trained model stays exactly the configured one."""
+    A smaller batch of the samples left over travels alone. Augmentation (shift, mirror)
+    happens here, on the CPU beside the compiled step, so the trained model stays exactly
+    the configured one."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, batch_size: int, steps: int,
                  seed: int, chunked: bool = True, max_shift: int = 0,
@@ -170,8 +171,9 @@ class _BatchChunks(keras.utils.PyDataset):
         sizes = [steps] * (full // steps) + ([full % steps] if full % steps else [])
         self.chunks = [(start * batch_size, count, batch_size)
                        for start, count in zip(np.cumsum([0, *sizes[:-1]]), sizes, strict=True)]
-        if rest:
-            self.chunks.append((full * batch_size, 1, rest))
+        if rest:  # first: Keras reads its input signature off items 0 and 1, and must see
+            # that the batch size varies, or the smaller batch fails as a shape mismatch
+            self.chunks.insert(0, (full * batch_size, 1, rest))
         self.order = self.rng.permutation(len(labels))
 
     def __len__(self) -> int:
