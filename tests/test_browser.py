@@ -84,8 +84,9 @@ def close_assistant(driver) -> None:
 
 
 def test_experiment_lists_the_run(ui, browser, run):
-    text = open_and_wait(browser, f"{ui}/#/experiments", "mnist")
-    assert "mnist" in text
+    open_and_wait(browser, f"{ui}/#/experiments", "mnist")
+    link = browser.find_element(By.LINK_TEXT, "mnist")  # the experiment, listed by name
+    assert link.get_attribute("href").endswith(f"/experiments/{run.info.experiment_id}")
     text = open_and_wait(browser, f"{ui}/#/experiments/{run.info.experiment_id}/runs",
                          run.info.run_name[:20], "matching run")
     assert "1 matching run" in text
