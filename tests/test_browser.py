@@ -83,7 +83,7 @@ def close_assistant(driver) -> None:
             button.click()
 
 
-def test_experiment_lists_the_run(ui, browser, run):
+def test_experiment_lists_the_run(browser, ui, run):
     open_and_wait(browser, f"{ui}/#/experiments", "mnist")
     link = browser.find_element(By.LINK_TEXT, "mnist")  # the experiment, listed by name
     assert link.get_attribute("href").endswith(f"/experiments/{run.info.experiment_id}")
@@ -93,7 +93,7 @@ def test_experiment_lists_the_run(ui, browser, run):
     browser.save_screenshot(str(SCREENSHOTS / "experiment.png"))
 
 
-def test_run_page_shows_metrics_and_params(ui, browser, run):
+def test_run_page_shows_metrics_and_params(browser, ui, run):
     url = f"{ui}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
     text = open_and_wait(browser, url, "test_accuracy", "Parameters")
     assert str(run.data.metrics["test_accuracy"])[:6] in text
@@ -101,7 +101,7 @@ def test_run_page_shows_metrics_and_params(ui, browser, run):
     browser.save_screenshot(str(SCREENSHOTS / "run.png"))
 
 
-def test_metric_charts_are_drawn(ui, browser, run):
+def test_metric_charts_are_drawn(browser, ui, run):
     url = f"{ui}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}/model-metrics"
     open_and_wait(browser, url, "Model metrics", "accuracy")
     search = browser.find_element(By.CSS_SELECTOR, "input[placeholder='Search metric charts']")
@@ -116,7 +116,7 @@ def test_metric_charts_are_drawn(ui, browser, run):
 
 
 @pytest.mark.parametrize("artifact", ["curves.png", "confusion_matrix.png"])
-def test_artifact_images_are_shown(ui, browser, run, tiny_run, artifact):
+def test_artifact_images_are_shown(browser, ui, run, tiny_run, artifact):
     url = f"{ui}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}/artifacts"
     open_and_wait(browser, url, "curves.png", "confusion_matrix.png", "sample_predictions.png")
     browser.find_element(By.XPATH, f"//*[text()='{artifact}']").click()
