@@ -75,9 +75,12 @@ def test_chunk_size_prefers_an_even_split():
     assert {chunks[i][0].shape for i in range(len(chunks))} == {(60, 32)}  # 1500 = 25 x 60
 
 
-def test_a_fused_chunk_makes_the_same_updates_as_batch_by_batch(mini):
+@pytest.mark.parametrize("config", [MLPConfig(), MLPConfig(batch_norm=True)],
+                         ids=["mlp", "mlp with batch norm"])
+def test_a_fused_chunk_makes_the_same_updates_as_batch_by_batch(mini, config):
     """The fast path changes how steps are run, not the math: after 8 Adam steps on the
-    same batches, the weights match Keras' plain fit to float32 rounding."""
+    same batches, the weights (and batch norm's moving statistics) match Keras' plain fit
+    to float32 rounding."""
     (x, y), _ = load_idx_folder(mini)
     x, y = x[:256], y[:256]
 
@@ -90,7 +93,7 @@ def test_a_fused_chunk_makes_the_same_updates_as_batch_by_batch(mini):
 
     def model(jit_compile):
         keras.utils.set_random_seed(0)
-        built = build_model(MLPConfig(), num_classes=10)
+        built = build_model(config, num_classes=10)
         return compile_model(built, AdamConfig(), jit_compile=jit_compile)
 
     fused, plain = model(jit_compile=True), model(jit_compile=False)
@@ -101,6 +104,12 @@ def test_a_fused_chunk_makes_the_same_updates_as_batch_by_batch(mini):
     np.testing.assert_allclose(fused_loss, plain_loss, rtol=1e-5)
     for a, b in zip(fused.get_weights(), plain.get_weights(), strict=True):
         np.testing.assert_allclose(a, b, atol=1e-5)
+    if config.batch_norm:
+        layers = [type(layer).__name__ for layer in fused.layers]
+        assert layers == ["Rescaling", "Flatten", "Dense", "BatchNormalization", "Activation",
+                          "Dense", "BatchNormalization", "Activation", "Dense"]
+        moving_mean = fused.layers[3].moving_mean.numpy()
+        assert np.abs(moving_mean).max() > 0  # the statistics moved during the chunk
 
 
 def _train(mini, *overrides):

@@ -48,6 +48,7 @@ class MLPConfig:
     hidden_units: list[int] = field(default_factory=lambda: [128, 32])
     activation: str = "relu"
     dropout: float = 0.0
+    batch_norm: bool = False
 
 
 @dataclass

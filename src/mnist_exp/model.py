@@ -11,7 +11,7 @@ from dataclasses import asdict
 import keras
 import numpy as np
 
-from mnist_exp.config import CNNConfig, ModelConfig, OptimizerConfig
+from mnist_exp.config import CNNConfig, MLPConfig, ModelConfig, OptimizerConfig
 from mnist_exp.data import IMAGE_SHAPE
 
 _OPTIMIZERS = {
@@ -44,7 +44,12 @@ def build_model(
                 layers.append(keras.layers.Dropout(cfg.dropout))
     layers.append(keras.layers.Flatten())
     for units in cfg.hidden_units:
-        layers.append(keras.layers.Dense(units, activation=cfg.activation))
+        if isinstance(cfg, MLPConfig) and cfg.batch_norm:  # Dense -> BatchNorm -> activation
+            layers += [keras.layers.Dense(units, use_bias=False),
+                       keras.layers.BatchNormalization(),
+                       keras.layers.Activation(cfg.activation)]
+        else:
+            layers.append(keras.layers.Dense(units, activation=cfg.activation))
         if cfg.dropout > 0:
             layers.append(keras.layers.Dropout(cfg.dropout))
     layers.append(keras.layers.Dense(num_classes, activation="softmax"))
