@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -102,22 +103,26 @@ def serving(command: list[str], *, ready: str, cwd: Path, env: dict | None = Non
                 # MLflow starts `uvicorn` by name: the one beside this Python
                 "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
                 **(env or {})}
-    server = subprocess.Popen([*command, "--host", "127.0.0.1", "--port", str(port)], cwd=cwd,
-                              env=full_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                              start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                urllib.request.urlopen(url + ready, timeout=2).close()
-                break
-            except OSError:
-                assert server.poll() is None, server.stderr.read().decode()[-3000:]
-                assert time.monotonic() < deadline, f"{command[:4]} did not start"
-                time.sleep(0.5)
-        yield url
-    finally:
-        if server.poll() is None:
-            os.killpg(server.pid, signal.SIGTERM)
-            server.wait(timeout=30)
+    # stderr to a file, not a pipe: a chatty server would block once a pipe's buffer fills.
+    with tempfile.TemporaryFile() as log:
+        server = subprocess.Popen([*command, "--host", "127.0.0.1", "--port", str(port)],
+                                  cwd=cwd, env=full_env, stdout=subprocess.DEVNULL, stderr=log,
+                                  start_new_session=True)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    urllib.request.urlopen(url + ready, timeout=2).close()
+                    break
+                except OSError:
+                    if server.poll() is not None or time.monotonic() > deadline:
+                        log.seek(0)
+                        pytest.fail(f"{' '.join(command[:4])} did not start:\n"
+                                    f"{log.read().decode(errors='replace')[-3000:]}")
+                    time.sleep(0.5)
+            yield url
+        finally:
+            if server.poll() is None:
+                os.killpg(server.pid, signal.SIGTERM)
+                server.wait(timeout=30)

@@ -20,6 +20,7 @@ SCREENSHOTS = ROOT / "outputs" / "browser-test"
 WAIT_S = 90  # the UI is a large single-page app; a loaded 2-core CI machine is slow
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is in the dev extra")
+from selenium.common.exceptions import TimeoutException  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
@@ -63,12 +64,14 @@ def page_text(driver) -> str:
 
 
 def open_and_wait(driver, url: str, *texts: str) -> str:
-    """Load `url` and wait until the page shows every one of `texts`."""
+    """Load `url` afresh (not just a new #route in the same app) and wait until the page
+    shows every one of `texts`."""
+    driver.get("about:blank")
     driver.get(url)
     try:
         WebDriverWait(driver, WAIT_S).until(
             lambda d: all(text in page_text(d) for text in texts))
-    except Exception:
+    except TimeoutException:
         driver.save_screenshot(str(SCREENSHOTS / "failed.png"))
         missing = [text for text in texts if text not in page_text(driver)]
         pytest.fail(f"{url} never showed {missing}; screenshot in {SCREENSHOTS}")
@@ -119,14 +122,19 @@ def test_metric_charts_are_drawn(browser, ui, run):
 def test_artifact_images_are_shown(browser, ui, run, tiny_run, artifact):
     url = f"{ui}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}/artifacts"
     open_and_wait(browser, url, "curves.png", "confusion_matrix.png", "sample_predictions.png")
-    browser.find_element(By.XPATH, f"//*[text()='{artifact}']").click()
-    # The preview fetches the file through the server and shows it as an <img>.
-    width = WebDriverWait(browser, WAIT_S).until(lambda d: d.execute_script(
-        "return Math.max(0, ...Array.from(document.images)"
-        ".filter(i => i.src.startsWith('blob:')).map(i => i.naturalWidth))"))
     local = Path(mlflow.artifacts.download_artifacts(
         run_id=run.info.run_id, artifact_path=artifact, tracking_uri=tiny_run.tracking_uri))
-    assert width == _png_width(local)  # the very image the run logged
+    width = _png_width(local)  # curves.png and confusion_matrix.png differ in width
+    browser.find_element(By.XPATH, f"//*[text()='{artifact}']").click()
+    # The preview fetches the file through the server and shows it as an <img>: the very
+    # image the run logged.
+    shown = "return Array.from(document.images).filter(i => i.src.startsWith('blob:'))" \
+            ".map(i => i.naturalWidth)"
+    try:
+        WebDriverWait(browser, WAIT_S).until(lambda d: width in d.execute_script(shown))
+    except TimeoutException:
+        pytest.fail(f"no {width}px-wide preview of {artifact}; images: "
+                    f"{browser.execute_script(shown)}")
     browser.save_screenshot(str(SCREENSHOTS / f"artifact_{Path(artifact).stem}.png"))
 
 
