@@ -2,7 +2,7 @@
 sample predictions a run logged, and a screenshot of `mlflow ui` comparing the runs of
 its experiment (headless Debian Chromium, as in tests/test_browser.py).
 
-    python scripts/docs_figures.py --tracking-uri sqlite:///mlflow.db --run mlp_tuned-seed1
+    python scripts/docs_figures.py --tracking-uri sqlite:///mlflow.db --run <run id>
 
 `--run` is a run id or run name (the newest finished run of that name). The PNGs are
 shrunk and palette-quantised so they stay small in git.
@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -54,7 +55,7 @@ def save_small(source: Path, target: Path, max_width: int) -> None:
 
 
 def screenshot_ui(tracking_uri: str, experiment_id: str, metric: str, target: Path,
-                  client_has_sweeps: bool) -> None:
+                  has_sweeps: bool) -> None:
     """Start `mlflow ui` on a free local port, open the experiment's run charts filtered to
     `metric` in headless Chromium, and save the window."""
     from selenium import webdriver
@@ -97,7 +98,7 @@ def screenshot_ui(tracking_uri: str, experiment_id: str, metric: str, target: Pa
         # A sweep's jobs sit folded under its parent run: unfold them (the charts show the
         # first 10 runs listed, MLflow's default).
         unfolds = (By.CSS_SELECTOR, ".ag-row button[data-component-id*='runnamecellrenderer']")
-        if client_has_sweeps:
+        if has_sweeps:
             wait.until(lambda d: d.find_elements(*unfolds))
         for unfold in driver.find_elements(*unfolds):
             unfold.click()
@@ -117,7 +118,7 @@ def screenshot_ui(tracking_uri: str, experiment_id: str, metric: str, target: Pa
     finally:
         if driver is not None:
             driver.quit()
-        os.killpg(server.pid, 15)
+        os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
 
 
@@ -154,7 +155,7 @@ def main() -> None:
     sweeps = client.search_runs([run.info.experiment_id], "tags.`mnist_exp.sweep` = 'parent'",
                                 max_results=1)
     screenshot_ui(args.tracking_uri, run.info.experiment_id, args.metric,
-                  args.out / "mlflow_ui.png", client_has_sweeps=bool(sweeps))
+                  args.out / "mlflow_ui.png", has_sweeps=bool(sweeps))
 
 
 if __name__ == "__main__":
