@@ -43,6 +43,12 @@ def test_seed_notebook_is_the_reference_recipe():
     assert (c.data.validation_split, c.data.normalization) == (0.2, "rescale")
 
 
+def test_clothes_may_be_mirrored():
+    config = parse_config(compose_config("data=fashion_mnist",
+                                         "trainer.augment.horizontal_flip=true"))
+    assert config.trainer.augment.horizontal_flip and config.data.mirror_invariant
+
+
 def test_command_line_beats_the_preset():
     c = parse_config(compose_config("experiment=seed_notebook", "optimizer=sgd",
                                     "data=fashion_mnist", "trainer.epochs=3"))
@@ -92,6 +98,7 @@ BAD = [
     # settings that contradict each other
     ("data.max_train_samples=20 data.validation_split=0.01", "data.validation_split"),
     ("data.max_train_samples=100 trainer.batch_size=500", "trainer.batch_size"),
+    ("trainer.augment.horizontal_flip=true", "trainer.augment.horizontal_flip"),  # digits
 ]
 
 

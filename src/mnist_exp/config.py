@@ -40,6 +40,7 @@ class DataConfig:
     verify_checksums: bool = True
     max_train_samples: int | None = None
     max_test_samples: int | None = None
+    mirror_invariant: bool = False  # does a left-right mirrored image keep its class?
 
 
 @dataclass
@@ -275,6 +276,9 @@ def _check_ranges(c: Config) -> None:
         ("trainer.early_stopping.min_delta", es.min_delta, es.min_delta >= 0, "a number >= 0"),
         ("trainer.augment.max_shift", t.augment.max_shift, 0 <= t.augment.max_shift <= 8,
          "an integer from 0 (off) to 8 pixels"),
+        ("trainer.augment.horizontal_flip", t.augment.horizontal_flip,
+         d.mirror_invariant or not t.augment.horizontal_flip,
+         f"false for {d.name}: a mirrored image changes its class (data.mirror_invariant)"),
         ("tracking.experiment_name", c.tracking.experiment_name,
          bool(c.tracking.experiment_name.strip()), "a non-empty name"),
         ("tracking.register_model", c.tracking.register_model,
