@@ -159,6 +159,7 @@ def test_colliding_writes_are_retried_and_other_errors_are_not():
         return "linked"
 
     assert _retrying(collides_twice) == "linked" and len(calls) == 3
+
     def fails_otherwise():
         calls.append(1)
         raise MlflowException("no such run")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from mnist_exp import plots, tracking
 from mnist_exp.checkpoints import checkpoint_for
-from mnist_exp.config import Config
+from mnist_exp.config import CNNConfig, Config
 from mnist_exp.data import Dataset, load_dataset
 from mnist_exp.evaluate import evaluate
 from mnist_exp.model import build_model, compile_model
@@ -93,7 +93,7 @@ def run_experiment(config: Config, context: RunContext = RunContext()) -> RunRes
         model = build_model(config.model, num_classes=len(data.class_names),
                             normalization=d.normalization, train_images=data.x_train)
         compile_model(model, config.optimizer,
-                      **execution_settings(t, convolutional=config.model.name == "cnn"))
+                      **execution_settings(t, convolutional=isinstance(config.model, CNNConfig)))
     if context.progress_bar:
         model.summary(print_fn=log.info)
     with clock("tracking"):

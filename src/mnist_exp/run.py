@@ -99,9 +99,9 @@ def experiment(cfg: DictConfig) -> float:
 
         result = run_experiment(config, _context(import_seconds=time.perf_counter() - start))
     except Exception as e:
-        if not sweeping and isinstance(e, UserError):
-            _exit_with(e)
         if not sweeping:
+            if isinstance(e, UserError):
+                _exit_with(e)
             raise
         log.error("job failed: %s", e, exc_info=not isinstance(e, UserError))
         Path(hydra_cfg.runtime.output_dir, "FAILED").write_text(f"{type(e).__name__}: {e}\n")

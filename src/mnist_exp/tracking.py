@@ -178,7 +178,6 @@ def _retrying(write: Callable[[], Any], attempts: int = 6) -> Any:
             if not collided or attempt == attempts - 1:
                 raise
             time.sleep(0.1 * 2**attempt * (1 + random.random()))
-    return None
 
 
 def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:

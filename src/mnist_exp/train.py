@@ -162,7 +162,6 @@ class _BatchChunks(keras.utils.PyDataset):
         self.chunked = chunked
         self.max_shift, self.horizontal_flip = max_shift, horizontal_flip
         self.images, self.labels = images, labels
-        self.batch_size, self.steps = batch_size, steps
         self.rng = np.random.default_rng(seed)
         full, rest = divmod(len(labels), batch_size)
         # Prefer a chunk size that divides the batches evenly: each distinct chunk shape
