@@ -72,6 +72,7 @@ BAD = [
     ("model.hidden_units=[128,0]", "model.hidden_units"),
     ("model.dropout=1.0", "model.dropout"),
     ("trainer.augment.max_shift=9", "trainer.augment.max_shift"),
+    ("trainer.label_smoothing=1", "trainer.label_smoothing"),
     ("trainer.augment.horizontal_flip=maybe", "trainer.augment.horizontal_flip"),
     ("optimizer.learning_rate=0", "optimizer.learning_rate"),
     ("optimizer.beta_1=1.2", "optimizer.beta_1"),

@@ -121,23 +121,46 @@ def _train(mini, *overrides):
                         max_train_samples=3010)
     setup_runtime(t.seed)
     model = build_model(config.model, num_classes=10, train_images=data.x_train)
-    compile_model(model, config.optimizer, **execution_settings(t))
+    compile_model(model, config.optimizer, label_smoothing=t.label_smoothing,
+                  **execution_settings(t))
     history = fit(model, data, t, verbose=0)
-    accuracy = evaluate(model, data.x_test, data.y_test, data.class_names).accuracy
-    return history, accuracy
+    return history, model, data
+
+
+def _test_accuracy(model, data):
+    return evaluate(model, data.x_test, data.y_test, data.class_names).accuracy
 
 
 def test_fast_path_trains_exactly_like_the_plain_path(mini):
     """Same seed, same batches in the same order: the XLA-compiled chunks and Keras' plain
     batch-by-batch fit reach the same losses, epoch after epoch, and the same accuracy."""
-    plain, plain_accuracy = _train(mini, "trainer.steps_per_execution=1",
-                                   "trainer.jit_compile=false", "trainer.eval_batch_size=32")
-    fast, fast_accuracy = _train(mini)  # the defaults: 64 steps per XLA-compiled loop
+    plain, plain_model, data = _train(mini, "trainer.steps_per_execution=1",
+                                      "trainer.jit_compile=false", "trainer.eval_batch_size=32")
+    fast, fast_model, _ = _train(mini)  # the defaults: 64 steps per XLA-compiled loop
+    fast_accuracy, plain_accuracy = (_test_accuracy(m, data) for m in (fast_model, plain_model))
     assert len(fast["loss"]) == 3 and fast["loss"][2] < fast["loss"][0]
     np.testing.assert_allclose(fast["loss"], plain["loss"], rtol=1e-4)
     np.testing.assert_allclose(fast["val_accuracy"], plain["val_accuracy"], atol=0.002)
     assert fast_accuracy > 0.85
     assert abs(fast_accuracy - plain_accuracy) <= 0.002
+
+
+def test_label_smoothing_is_the_loss_that_fit_minimises(mini, tmp_path):
+    """val_loss after the last epoch equals the cross-entropy against softened targets
+    (1 - s + s/10 for the true class, s/10 for the others), computed here from the model's
+    own predictions; and the saved model keeps its built-in Keras loss."""
+    s = 0.2
+    history, model, data = _train(mini, f"trainer.label_smoothing={s}")
+    assert history["accuracy"][-1] > 0.8 and history["loss"][-1] < history["loss"][0]
+    p = np.clip(model.predict(data.x_val, verbose=0), 1e-7, 1 - 1e-7)
+    targets = np.eye(10)[data.y_val] * (1 - s) + s / 10
+    smoothed = np.mean(-np.sum(targets * np.log(p), axis=1))
+    plain = np.mean(-np.log(p[np.arange(len(p)), data.y_val]))
+    assert history["val_loss"][-1] == pytest.approx(smoothed, rel=1e-3)
+    assert smoothed > plain + 0.1
+    model.save(tmp_path / "model.keras")
+    loss = keras.models.load_model(tmp_path / "model.keras").loss
+    assert loss.get_config()["label_smoothing"] == pytest.approx(s)
 
 
 def test_cnn_trains_with_a_cosine_schedule(mini):

@@ -138,6 +138,7 @@ class TrainerConfig:
     jit_compile: bool = True
     eval_batch_size: int = 1024
     threads: int = 0
+    label_smoothing: float = 0.0  # aim at 1 - s (+ s/classes) for the true class, not 1
     lr_schedule: LRScheduleConfig = field(default_factory=LRScheduleConfig)
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -262,6 +263,8 @@ def _check_ranges(c: Config) -> None:
         ("trainer.eval_batch_size", t.eval_batch_size, t.eval_batch_size >= 1,
          "an integer >= 1"),
         ("trainer.threads", t.threads, t.threads >= 0, "an integer >= 0 (0: TensorFlow's choice)"),
+        ("trainer.label_smoothing", t.label_smoothing, 0 <= t.label_smoothing < 1,
+         "a number in [0, 1) (0: plain one-hot targets)"),
         ("trainer.lr_schedule.name", t.lr_schedule.name, t.lr_schedule.name in SCHEDULES,
          _one_of(SCHEDULES)),
         ("trainer.lr_schedule.factor", t.lr_schedule.factor, 0 < t.lr_schedule.factor < 1,

@@ -58,18 +58,29 @@ def build_model(
 
 
 def compile_model(model: keras.Model, optimizer: OptimizerConfig, *,
-                  steps_per_execution: int = 1, jit_compile: bool = False) -> keras.Model:
-    """Attach the optimizer, the sparse categorical cross-entropy loss and accuracy.
+                  label_smoothing: float = 0.0, steps_per_execution: int = 1,
+                  jit_compile: bool = False) -> keras.Model:
+    """Attach the optimizer, the categorical cross-entropy loss and accuracy.
 
+    Keras' sparse cross-entropy (class indices as targets) has no label smoothing, so with
+    smoothing the loss is the one-hot form and the labels must be fed one-hot (see
+    `one_hot_targets`); both are built-in Keras objects, so the saved model loads anywhere.
     `steps_per_execution` runs that many batches per call into TensorFlow (no Python in
     between) and `jit_compile` fuses each step with XLA: the same math, less overhead.
     """
+    loss = (keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing)
+            if label_smoothing else keras.losses.SparseCategoricalCrossentropy())
     model.compile(optimizer=build_optimizer(optimizer),
-                  loss="sparse_categorical_crossentropy",
+                  loss=loss,
                   metrics=["accuracy"],
                   steps_per_execution=steps_per_execution,
                   jit_compile=jit_compile)
     return model
+
+
+def one_hot_targets(model: keras.Model) -> bool:
+    """Whether the compiled loss wants one-hot labels rather than class indices."""
+    return isinstance(model.loss, keras.losses.CategoricalCrossentropy)
 
 
 def build_optimizer(cfg: OptimizerConfig) -> keras.optimizers.Optimizer:

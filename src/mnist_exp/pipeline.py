@@ -92,7 +92,7 @@ def run_experiment(config: Config, context: RunContext = RunContext()) -> RunRes
         setup_runtime(t.seed, t.deterministic, t.threads)
         model = build_model(config.model, num_classes=len(data.class_names),
                             normalization=d.normalization, train_images=data.x_train)
-        compile_model(model, config.optimizer,
+        compile_model(model, config.optimizer, label_smoothing=t.label_smoothing,
                       **execution_settings(t, convolutional=isinstance(config.model, CNNConfig)))
     if context.progress_bar:
         model.summary(print_fn=log.info)

@@ -13,6 +13,7 @@ import tensorflow as tf
 
 from mnist_exp.config import TrainerConfig, UserError
 from mnist_exp.data import Dataset
+from mnist_exp.model import one_hot_targets
 
 
 class TrainingDiverged(UserError):
@@ -93,14 +94,18 @@ def fit(
     fused = model.jit_compile and cfg.steps_per_execution > 1  # see execution_settings
     if fused:
         model.train_step = _looped(model.train_step)  # this instance only; saves as usual
-    batches = _BatchChunks(data.x_train, data.y_train, cfg.batch_size,
+    y_train, y_val = data.y_train, data.y_val
+    if one_hot_targets(model):  # label smoothing: see model.compile_model
+        classes = model.output_shape[-1]
+        y_train, y_val = (keras.utils.to_categorical(y, classes) for y in (y_train, y_val))
+    batches = _BatchChunks(data.x_train, y_train, cfg.batch_size,
                            cfg.steps_per_execution if fused else 1, cfg.seed, chunked=fused,
                            max_shift=cfg.augment.max_shift,
                            horizontal_flip=cfg.augment.horizontal_flip)
     history = model.fit(
         batches,
         shuffle=False,  # the sequence reshuffles itself; Keras would also reorder its items
-        validation_data=(data.x_val, data.y_val),
+        validation_data=(data.x_val, y_val),
         validation_batch_size=cfg.eval_batch_size,
         epochs=cfg.epochs,
         callbacks=all_callbacks,
@@ -185,7 +190,7 @@ class _BatchChunks(keras.utils.PyDataset):
         if not self.chunked:
             return images, self.labels[picked]
         return (images.reshape(count, size, *self.images.shape[1:]),
-                self.labels[picked].reshape(count, size))
+                self.labels[picked].reshape(count, size, *self.labels.shape[1:]))
 
     def _augmented(self, images: np.ndarray) -> np.ndarray:
         """Each image moved by its own random (dy, dx), the gap filled with background
