@@ -150,6 +150,4 @@ def test_an_interrupted_sweep_leaves_nothing_running(mini, tmp_path):
     _, [parent], children = sweep_runs(f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert parent.info.status == "KILLED"
     assert [r.info.status for r in children] == ["KILLED"]
-    # 130 as a rule; once, under heavy load, TensorFlow aborted (-6) while the interpreter
-    # shut down after the runs were already ended.
-    assert process.returncode in (130, -signal.SIGABRT)
+    assert process.returncode == 130
