@@ -72,6 +72,13 @@ _NATIVE_LOG = re.compile(r"^([IWEF]\d{4} |WARNING: All log messages before absl"
                          r"|\d{4}/\d\d/\d\d \d\d:\d\d:\d\d INFO mlflow)")
 
 
+def interruptible() -> None:
+    """Popen preexec_fn: the child takes Ctrl-C as it would in a terminal, even when the
+    tests themselves run in the background (a shell's `&` makes its jobs ignore SIGINT,
+    and Python then never raises KeyboardInterrupt)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def own_lines(stderr: str) -> list[str]:
     """stderr without TensorFlow's native start-up log (which no setting silences) and
     MLflow's INFO notes (e.g. that it created the database)."""

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import SECRET, TINY, own_lines, run_module
+from conftest import SECRET, TINY, interruptible, own_lines, run_module
 from mnist_exp.data import DataError, load_idx_folder
 
 
@@ -34,7 +34,7 @@ def test_interrupted_run_is_killed_then_resumed_into_the_same_run(mini, tmp_path
     env.pop("MLFLOW_TRACKING_URI", None)
     process = subprocess.Popen([sys.executable, "-m", "mnist_exp.run", *args], cwd=tmp_path,
                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True)
+                               text=True, preexec_fn=interruptible)
     for line in process.stdout:  # wait until three epochs have finished
         if "Epoch 4/12" in line:
             break

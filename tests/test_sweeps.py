@@ -10,7 +10,7 @@ import sys
 import mlflow
 import pytest
 
-from conftest import TINY, run_module, serving
+from conftest import TINY, interruptible, run_module, serving
 from mnist_exp.report import Row, summarize
 from mnist_exp.sweep import threads_per_job
 
@@ -141,7 +141,8 @@ def test_an_interrupted_sweep_leaves_nothing_running(mini, tmp_path):
     process = subprocess.Popen(
         [sys.executable, "-m", "mnist_exp.run", "-m", f"data.path={mini}", "trainer.epochs=50",
          "optimizer.learning_rate=1e-3,3e-4", "hydra.sweep.dir=sweep"],
-        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        preexec_fn=interruptible)
     for line in process.stdout:
         if "Epoch 2/50" in line:
             break
