@@ -60,6 +60,20 @@ def test_interrupted_run_is_killed_then_resumed_into_the_same_run(mini, tmp_path
     assert not list((tmp_path / "outputs" / "checkpoints").glob("*/run_id"))
 
 
+def test_the_tracking_store_runs_on_pythons_own_sqlite():
+    """TensorFlow carries a private SQLite with global symbols; once mnist_exp is imported,
+    the MLflow store still gets the SQLite that Python's binding was built against."""
+    query = "sqlite3.connect(':memory:').execute('select sqlite_version()').fetchone()[0]"
+
+    def version(imports: str) -> str:
+        out = subprocess.run([sys.executable, "-c", f"{imports}; print({query})"],
+                             capture_output=True, text=True, check=True)
+        return out.stdout.split()[-1]
+
+    own = version("import sqlite3")
+    assert version("import mnist_exp.run, tensorflow, sqlite3") == own
+
+
 def test_a_diverging_run_stops_fails_and_says_why(mini, tmp_path):
     result = run_module("mnist_exp.run", f"data.path={mini}", *TINY, "optimizer=sgd",
                         "optimizer.learning_rate=1e12", "hydra.run.dir=out", cwd=tmp_path)
