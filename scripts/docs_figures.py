@@ -21,9 +21,12 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import mlflow
 from PIL import Image
+
+if TYPE_CHECKING:
+    import mlflow
 
 ARTIFACTS = ("curves.png", "confusion_matrix.png", "sample_predictions.png")
 DOCS = Path(__file__).resolve().parents[1] / "docs"
@@ -31,6 +34,8 @@ DOCS = Path(__file__).resolve().parents[1] / "docs"
 
 def find_run(client: mlflow.MlflowClient, run: str) -> mlflow.entities.Run:
     """A run by id, else the newest finished run with that name, in any experiment."""
+    import mlflow
+
     try:
         return client.get_run(run)
     except mlflow.exceptions.MlflowException:
@@ -142,6 +147,8 @@ def main() -> None:
                         help="the metric whose charts the mlflow ui screenshot shows")
     parser.add_argument("--out", type=Path, default=DOCS)
     args = parser.parse_args()
+
+    import mlflow  # after parsing: --help and usage errors need no MLflow
 
     client = mlflow.MlflowClient(args.tracking_uri)
     run = find_run(client, args.run)
