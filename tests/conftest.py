@@ -31,12 +31,6 @@ SECRET = "s3cr3t-t0ken-in-the-environment"
 TINY = ("data.max_train_samples=600", "data.max_test_samples=300", "trainer.epochs=2")
 
 
-# Set by TensorFlow on import (this test process imports it); a child that inherits it
-# crashes now and then at start-up (mnist_exp.run drops it; `mlflow models serve` does not).
-TF_SET_ON_IMPORT = "ENABLE_RUNTIME_UPTIME_TELEMETRY"
-_NOT_INHERITED = ("MLFLOW_TRACKING_URI", TF_SET_ON_IMPORT)
-
-
 def needs(folder: Path) -> Path:
     if not folder.is_dir():
         pytest.skip(f"{folder} is not here (the shared datasets sit beside the checkout)")
@@ -59,20 +53,32 @@ def compose_config(*overrides: str):
         return compose("config", overrides=list(overrides))
 
 
+def _child_env(env: dict | None = None) -> dict:
+    return {**{k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"},
+            "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
+
+
 def run_module(module: str, *args: str, cwd: Path, env: dict | None = None,
                timeout: int = 600) -> subprocess.CompletedProcess:
     """`python -m module args...` in `cwd`, as a user would type it."""
-    full_env = {k: v for k, v in os.environ.items() if k not in _NOT_INHERITED}
-    full_env.update({"TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})})
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=full_env,
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=_child_env(env),
                           capture_output=True, text=True, timeout=timeout)
+
+
+def start_module(module: str, *args: str, cwd: Path,
+                 stderr: int = subprocess.PIPE) -> subprocess.Popen:
+    """`python -m module args...` started in `cwd`, its output unbuffered and line by line,
+    ready to take Ctrl-C (`send_signal(SIGINT)`) as it would in a terminal."""
+    return subprocess.Popen([sys.executable, "-m", module, *args], cwd=cwd,
+                            env=_child_env({"PYTHONUNBUFFERED": "1"}), stdout=subprocess.PIPE,
+                            stderr=stderr, text=True, preexec_fn=_interruptible)
 
 
 _NATIVE_LOG = re.compile(r"^([IWEF]\d{4} |WARNING: All log messages before absl"
                          r"|\d{4}/\d\d/\d\d \d\d:\d\d:\d\d INFO mlflow)")
 
 
-def interruptible() -> None:
+def _interruptible() -> None:
     """Popen preexec_fn: the child takes Ctrl-C as it would in a terminal, even when the
     tests themselves run in the background (a shell's `&` makes its jobs ignore SIGINT,
     and Python then never raises KeyboardInterrupt)."""
@@ -112,8 +118,7 @@ def serving(command: list[str], *, ready: str, cwd: Path, env: dict | None = Non
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    full_env = {**{k: v for k, v in os.environ.items() if k != TF_SET_ON_IMPORT},
-                "TF_CPP_MIN_LOG_LEVEL": "3", "MLFLOW_DISABLE_TELEMETRY": "true",
+    full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "MLFLOW_DISABLE_TELEMETRY": "true",
                 # MLflow starts `uvicorn` by name: the one beside this Python
                 "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
                 **(env or {})}

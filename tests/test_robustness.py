@@ -4,7 +4,6 @@ tracking, untrusted input, secrets."""
 from __future__ import annotations
 
 import gzip
-import os
 import signal
 import socket
 import subprocess
@@ -16,7 +15,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import SECRET, TINY, interruptible, own_lines, run_module
+from conftest import SECRET, TINY, own_lines, run_module, start_module
 from mnist_exp.data import DataError, load_idx_folder
 
 
@@ -30,11 +29,7 @@ def runs_of(workdir, experiment="mnist"):
 def test_interrupted_run_is_killed_then_resumed_into_the_same_run(mini, tmp_path, stop):
     args = [f"data.path={mini}", "data.max_train_samples=3000", "trainer.epochs=12",
             "data.max_test_samples=200", "tracking.log_model=false", "hydra.run.dir=out"]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    process = subprocess.Popen([sys.executable, "-m", "mnist_exp.run", *args], cwd=tmp_path,
-                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True, preexec_fn=interruptible)
+    process = start_module("mnist_exp.run", *args, cwd=tmp_path)
     for line in process.stdout:  # wait until three epochs have finished
         if "Epoch 4/12" in line:
             break

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -10,7 +9,7 @@ import sys
 import mlflow
 import pytest
 
-from conftest import TINY, interruptible, run_module, serving
+from conftest import TINY, run_module, serving, start_module
 from mnist_exp.report import Row, summarize
 from mnist_exp.sweep import threads_per_job
 
@@ -136,13 +135,9 @@ def test_threads_are_shared_between_parallel_jobs():
 
 
 def test_an_interrupted_sweep_leaves_nothing_running(mini, tmp_path):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "mnist_exp.run", "-m", f"data.path={mini}", "trainer.epochs=50",
-         "optimizer.learning_rate=1e-3,3e-4", "hydra.sweep.dir=sweep"],
-        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-        preexec_fn=interruptible)
+    process = start_module("mnist_exp.run", "-m", f"data.path={mini}", "trainer.epochs=50",
+                           "optimizer.learning_rate=1e-3,3e-4", "hydra.sweep.dir=sweep",
+                           cwd=tmp_path, stderr=subprocess.DEVNULL)
     for line in process.stdout:
         if "Epoch 2/50" in line:
             break

@@ -101,7 +101,6 @@ def predict(model_ref: str, inputs: list[str], dataset: str | None = None,
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    os.environ.pop("ENABLE_RUNTIME_UPTIME_TELEMETRY", None)  # see run.py
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # stderr is ours
     try:
         import mlflow

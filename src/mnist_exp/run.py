@@ -94,9 +94,6 @@ def experiment(cfg: DictConfig) -> float:
         if not sweeping:
             check_reachable(resolve_tracking_uri(config.tracking.uri, Path.cwd()))
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ start-up chatter
-        # TensorFlow sets this itself on import; inherited from a parent that imported it (a
-        # notebook, a test), TF 2.21 corrupts its heap at start-up now and then (glibc abort).
-        os.environ.pop("ENABLE_RUNTIME_UPTIME_TELEMETRY", None)
         start = time.perf_counter()
         from mnist_exp.pipeline import run_experiment  # heavy imports only once the config is valid
 
