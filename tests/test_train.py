@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import signal
+
 import keras
 import numpy as np
 import pytest
@@ -183,3 +186,58 @@ def test_convolutional_models_skip_xla_on_a_cpu():
     assert execution_settings(config.trainer, convolutional=True) == {
         "jit_compile": False, "steps_per_execution": 64}  # Keras' own loop, oneDNN convs
     assert execution_settings(config.trainer) == {"jit_compile": True, "steps_per_execution": 1}
+
+
+class _SignalAtSecondEpoch(keras.callbacks.Callback):
+    """Sends the signal(s) to this process as the second epoch's first step begins, and
+    records which steps of that epoch Keras saw end."""
+
+    def __init__(self, *signals: int) -> None:
+        super().__init__()
+        self.signals, self.epoch, self.ended = signals, 0, []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.epoch == 1 and batch == 0:
+            for number in self.signals:
+                os.kill(os.getpid(), number)
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.epoch == 1:
+            self.ended.append(batch)
+
+
+def _fit_until_interrupted(mini, *signals: int) -> _SignalAtSecondEpoch:
+    config = parse_config(compose_config(
+        f"data.path={mini}", "data.max_train_samples=600", "trainer.epochs=3",
+        "trainer.jit_compile=false", "trainer.steps_per_execution=1"))
+    data = load_dataset("mnist", str(mini), seed=1, max_train_samples=600)
+    model = build_model(config.model, num_classes=10, train_images=data.x_train)
+    compile_model(model, config.optimizer, **execution_settings(config.trainer))
+    probe = _SignalAtSecondEpoch(*signals)
+    with pytest.raises(KeyboardInterrupt):
+        fit(model, data, config.trainer, callbacks=[probe], verbose=0)
+    return probe
+
+
+def test_ctrl_c_in_fit_takes_effect_between_steps(mini):
+    """A KeyboardInterrupt raised inside TensorFlow's op wrappers can corrupt the heap
+    (see interrupts.py): fit lets the step under way finish, then raises it."""
+    probe = _fit_until_interrupted(mini, signal.SIGINT)
+    assert probe.ended == [0]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_second_signal_stops_fit_at_once(mini):
+    def terminate(number, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, terminate)  # as the entry point sets it
+    try:
+        probe = _fit_until_interrupted(mini, signal.SIGTERM, signal.SIGTERM)
+        assert probe.ended == []
+        assert signal.getsignal(signal.SIGTERM) is terminate
+    finally:
+        signal.signal(signal.SIGTERM, previous)

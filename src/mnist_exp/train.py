@@ -13,6 +13,7 @@ import tensorflow as tf
 
 from mnist_exp.config import TrainerConfig, UserError
 from mnist_exp.data import Dataset
+from mnist_exp.interrupts import DeferredInterrupts
 from mnist_exp.model import one_hot_targets
 
 
@@ -72,7 +73,8 @@ def fit(
 
     With `backup_dir`, the state after each finished epoch is kept there and a later call
     with the same folder continues from it; a loss that turns NaN or infinite stops
-    training at once and raises TrainingDiverged.
+    training at once and raises TrainingDiverged. Ctrl-C or SIGTERM takes effect at the
+    end of the current step (see interrupts.py).
     """
     stopping = cfg.early_stopping
     all_callbacks: list[keras.callbacks.Callback] = [keras.callbacks.TerminateOnNaN()]
@@ -87,6 +89,8 @@ def fit(
     initial_rate = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
     all_callbacks.extend(_schedule(cfg, initial_rate))
     all_callbacks.extend(callbacks)
+    interrupts = DeferredInterrupts()  # Ctrl-C between steps, never inside TensorFlow
+    all_callbacks.append(interrupts)
     if backup_dir is not None:  # last: an epoch is saved only once everything saw its end
         all_callbacks.append(keras.callbacks.BackupAndRestore(str(backup_dir)))
     # Batches come from our own reshuffling sequence: Keras' shuffle of NumPy arrays repeats
@@ -102,15 +106,16 @@ def fit(
                            cfg.steps_per_execution if fused else 1, cfg.seed, chunked=fused,
                            max_shift=cfg.augment.max_shift,
                            horizontal_flip=cfg.augment.horizontal_flip)
-    history = model.fit(
-        batches,
-        shuffle=False,  # the sequence reshuffles itself; Keras would also reorder its items
-        validation_data=(data.x_val, y_val),
-        validation_batch_size=cfg.eval_batch_size,
-        epochs=cfg.epochs,
-        callbacks=all_callbacks,
-        verbose=verbose,
-    )
+    with interrupts:
+        history = model.fit(
+            batches,
+            shuffle=False,  # the sequence reshuffles itself; Keras would also reorder its items
+            validation_data=(data.x_val, y_val),
+            validation_batch_size=cfg.eval_batch_size,
+            epochs=cfg.epochs,
+            callbacks=all_callbacks,
+            verbose=verbose,
+        )
     losses = history.history.get("loss", [])
     if losses and not math.isfinite(losses[-1]):
         raise TrainingDiverged(
