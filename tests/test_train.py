@@ -13,6 +13,7 @@ from conftest import compose_config
 from mnist_exp.config import AdamConfig, MLPConfig, parse_config
 from mnist_exp.data import load_dataset, load_idx_folder
 from mnist_exp.evaluate import evaluate
+from mnist_exp.interrupts import DeferredInterrupts
 from mnist_exp.model import build_model, compile_model
 from mnist_exp.train import _BatchChunks, _looped, execution_settings, fit, setup_runtime
 
@@ -241,3 +242,11 @@ def test_a_second_signal_stops_fit_at_once(mini):
         assert signal.getsignal(signal.SIGTERM) is terminate
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def test_an_interrupt_in_a_deferring_block_is_raised_as_the_block_ends():
+    finished = []
+    with pytest.raises(KeyboardInterrupt), DeferredInterrupts():
+        os.kill(os.getpid(), signal.SIGINT)
+        finished.append(True)
+    assert finished == [True]

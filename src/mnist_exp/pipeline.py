@@ -19,6 +19,7 @@ from mnist_exp.checkpoints import checkpoint_for
 from mnist_exp.config import CNNConfig, Config
 from mnist_exp.data import Dataset, load_dataset
 from mnist_exp.evaluate import evaluate
+from mnist_exp.interrupts import DeferredInterrupts
 from mnist_exp.model import build_model, compile_model
 from mnist_exp.store import (
     SweepInfo,
@@ -88,7 +89,9 @@ def run_experiment(config: Config, context: RunContext = RunContext()) -> RunRes
     log.info("Data: %s from %s: %d train, %d validation, %d test images", data.name, data.source,
              len(data.y_train), len(data.y_val), len(data.y_test))
 
-    with clock("setup"):
+    # Ctrl-C waits for the end of each phase that runs TensorFlow (fit: of the step), so
+    # it never lands inside TensorFlow's ops (see interrupts.py).
+    with clock("setup"), DeferredInterrupts():
         setup_runtime(t.seed, t.deterministic, t.threads)
         model = build_model(config.model, num_classes=len(data.class_names),
                             normalization=d.normalization, train_images=data.x_train)
@@ -118,7 +121,7 @@ def run_experiment(config: Config, context: RunContext = RunContext()) -> RunRes
                           backup_dir=checkpoint.backup_dir)
         if resume_id is not None:  # the curves need the epochs from before the interruption
             history = tracking.epoch_history(run_id)
-        with clock("evaluate"):
+        with clock("evaluate"), DeferredInterrupts():
             # The kept model's validation score (with early stopping, the best epoch's, not
             # the last's) is what sweeps optimise. The test set is touched once, after it.
             val = evaluate(model, data.x_val, data.y_val, data.class_names, t.eval_batch_size)
@@ -129,7 +132,7 @@ def run_experiment(config: Config, context: RunContext = RunContext()) -> RunRes
         with clock("tracking"):
             tracking.log_evaluation(test, {"loss": val.loss, "accuracy": val.accuracy},
                                     figures)
-        with clock("model_logging"):
+        with clock("model_logging"), DeferredInterrupts():
             registered = (config.tracking.registered_model_name
                           if config.tracking.register_model else None)
             model_uri = (tracking.log_model(model, data.x_test[:2], test.probabilities[:2],
