@@ -68,10 +68,12 @@ def run_module(module: str, *args: str, cwd: Path, env: dict | None = None,
 def start_module(module: str, *args: str, cwd: Path,
                  stderr: int = subprocess.PIPE) -> subprocess.Popen:
     """`python -m module args...` started in `cwd`, its output unbuffered and line by line,
-    ready to take Ctrl-C (`send_signal(SIGINT)`) as it would in a terminal."""
+    ready to take Ctrl-C as it would in a terminal: in a process group of its own (with any
+    workers it starts), which `os.killpg(process.pid, SIGINT)` interrupts."""
     return subprocess.Popen([sys.executable, "-m", module, *args], cwd=cwd,
                             env=_child_env({"PYTHONUNBUFFERED": "1"}), stdout=subprocess.PIPE,
-                            stderr=stderr, text=True, preexec_fn=_interruptible)
+                            stderr=stderr, text=True, preexec_fn=_interruptible,
+                            start_new_session=True)
 
 
 _NATIVE_LOG = re.compile(r"^([IWEF]\d{4} |WARNING: All log messages before absl"

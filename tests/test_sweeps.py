@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import os
 import signal
-import subprocess
 import sys
 
 import mlflow
@@ -134,16 +134,24 @@ def test_threads_are_shared_between_parallel_jobs():
     assert threads_per_job({}, cores=8) == 0 and threads_per_job({"n_jobs": 1}, cores=8) == 0
 
 
-def test_an_interrupted_sweep_leaves_nothing_running(mini, tmp_path):
+@pytest.mark.parametrize("launcher", [(), ("hydra/launcher=joblib", "hydra.launcher.n_jobs=2")],
+                         ids=["jobs in turn", "jobs in 2 joblib workers"])
+def test_an_interrupted_sweep_leaves_nothing_running(mini, tmp_path, launcher):
+    """Ctrl-C reaches the whole process group, as from a terminal; joblib then kills its
+    workers at once, so the launching process ends their runs."""
+    jobs = 2 if launcher else 1  # running when the interrupt comes
     process = start_module("mnist_exp.run", "-m", f"data.path={mini}", "trainer.epochs=50",
                            "optimizer.learning_rate=1e-3,3e-4", "hydra.sweep.dir=sweep",
-                           cwd=tmp_path, stderr=subprocess.DEVNULL)
+                           *launcher, cwd=tmp_path)
+    started = 0
     for line in process.stdout:
-        if "Epoch 2/50" in line:
+        started += "Epoch 2/50" in line
+        if started == jobs:
             break
-    process.send_signal(signal.SIGINT)
-    process.communicate(timeout=120)
+    os.killpg(process.pid, signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
     _, [parent], children = sweep_runs(f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert parent.info.status == "KILLED"
-    assert [r.info.status for r in children] == ["KILLED"]
-    assert process.returncode == 130
+    assert [r.info.status for r in children] == ["KILLED"] * jobs
+    assert process.returncode == 130, stderr[-2000:]
+    assert "Traceback" not in stderr

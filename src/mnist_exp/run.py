@@ -51,7 +51,12 @@ def main() -> None:
         except UserError as e:
             _exit_with(e)
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` ends the run like Ctrl-C: KILLED
-    experiment()
+    try:
+        experiment()
+    except KeyboardInterrupt:  # outside a job: a sweep's launcher waiting for its workers
+        print("mnist-exp: interrupted; the MLflow runs it had open are marked KILLED",
+              file=sys.stderr)
+        raise SystemExit(130) from None
 
 
 def check_overrides(overrides: list[str]) -> None:

@@ -7,7 +7,7 @@ leaves their ids in <sweep dir>/mlflow_sweep.json; every job, in whatever proces
 machine, reads it and nests its run under the parent. `on_multirun_end` ranks the jobs by
 validation accuracy, attaches the table and a comparison plot to the parent, prints the
 best config, ends the parent run, and makes the sweep exit non-zero if a job failed. A
-sweep stopped by Ctrl-C leaves its parent KILLED, never RUNNING.
+sweep stopped by Ctrl-C leaves its parent and its open jobs KILLED, never RUNNING.
 
 Registered in conf/hydra/default.yaml; it only acts in multirun mode.
 """
@@ -46,12 +46,19 @@ def threads_per_job(launcher: DictConfig | dict, cores: int | None = None) -> in
     return max(1, cores // (cores if n_jobs < 0 else n_jobs))
 
 
-def _end_if_open(uri: str, run_id: str) -> None:
+def _end_if_open(info: SweepInfo) -> None:
+    """After Ctrl-C or a crash skipped on_multirun_end: end the parent run KILLED, and any
+    job's run its process could not end (joblib kills its workers as soon as the launching
+    process is interrupted)."""
     import mlflow
 
-    client = mlflow.MlflowClient(uri)
-    if client.get_run(run_id).info.status == "RUNNING":
-        client.set_terminated(run_id, "KILLED")
+    client = mlflow.MlflowClient(info.tracking_uri)
+    jobs = client.search_runs(
+        [info.experiment_id], "attributes.status = 'RUNNING' and "
+        f"tags.mlflow.parentRunId = '{info.parent_run_id}'")
+    for run in [*jobs, client.get_run(info.parent_run_id)]:
+        if run.info.status == "RUNNING":
+            client.set_terminated(run.info.run_id, "KILLED")
 
 
 def _crown(client, name: str, run_id: str) -> None:
@@ -78,8 +85,7 @@ class MlflowSweepCallback(Callback):
                   "command": " ".join(["python -m mnist_exp.run", *sys.argv[1:]])})
         sweep_dir.mkdir(parents=True, exist_ok=True)
         info = SweepInfo(uri, experiment_id, parent.info.run_id, sweep_id)
-        # Ctrl-C or a crash skips on_multirun_end: end the parent then, as KILLED.
-        atexit.register(_end_if_open, uri, parent.info.run_id)
+        atexit.register(_end_if_open, info)
         info.save(sweep_dir)
         log.info("Sweep %s: MLflow parent run %s", sweep_id, parent.info.run_id)
 
