@@ -116,7 +116,7 @@ def test_a_fused_chunk_makes_the_same_updates_as_batch_by_batch(mini, config):
         assert np.abs(moving_mean).max() > 0  # the statistics moved during the chunk
 
 
-def _train(mini, *overrides):
+def _train(mini, *overrides, callbacks=()):
     # 3010 samples: 2408 to train on, 75 batches of 32 and one of 8 (a smaller last batch)
     config = parse_config(compose_config(f"data.path={mini}", "data.max_train_samples=3010",
                                          "trainer.epochs=3", *overrides))
@@ -127,7 +127,7 @@ def _train(mini, *overrides):
     model = build_model(config.model, num_classes=10, train_images=data.x_train)
     compile_model(model, config.optimizer, label_smoothing=t.label_smoothing,
                   **execution_settings(t))
-    history = fit(model, data, t, verbose=0)
+    history = fit(model, data, t, callbacks=callbacks, verbose=0)
     return history, model, data
 
 
@@ -210,20 +210,24 @@ class _SignalAtSecondEpoch(keras.callbacks.Callback):
             self.ended.append(batch)
 
 
+@pytest.fixture
+def ctrl_c():
+    """Python's own SIGINT handler for the test, even when the suite runs in the background
+    (a shell's `&` makes SIGINT ignored, and then Ctrl-C raises nothing)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 def _fit_until_interrupted(mini, *signals: int) -> _SignalAtSecondEpoch:
-    config = parse_config(compose_config(
-        f"data.path={mini}", "data.max_train_samples=600", "trainer.epochs=3",
-        "trainer.jit_compile=false", "trainer.steps_per_execution=1"))
-    data = load_dataset("mnist", str(mini), seed=1, max_train_samples=600)
-    model = build_model(config.model, num_classes=10, train_images=data.x_train)
-    compile_model(model, config.optimizer, **execution_settings(config.trainer))
     probe = _SignalAtSecondEpoch(*signals)
     with pytest.raises(KeyboardInterrupt):
-        fit(model, data, config.trainer, callbacks=[probe], verbose=0)
+        _train(mini, "trainer.jit_compile=false", "trainer.steps_per_execution=1",
+               callbacks=[probe])
     return probe
 
 
-def test_ctrl_c_in_fit_takes_effect_between_steps(mini):
+def test_ctrl_c_in_fit_takes_effect_between_steps(mini, ctrl_c):
     """A KeyboardInterrupt raised inside TensorFlow's op wrappers can corrupt the heap
     (see interrupts.py): fit lets the step under way finish, then raises it."""
     probe = _fit_until_interrupted(mini, signal.SIGINT)
@@ -244,7 +248,7 @@ def test_a_second_signal_stops_fit_at_once(mini):
         signal.signal(signal.SIGTERM, previous)
 
 
-def test_an_interrupt_in_a_deferring_block_is_raised_as_the_block_ends():
+def test_an_interrupt_in_a_deferring_block_is_raised_as_the_block_ends(ctrl_c):
     finished = []
     with pytest.raises(KeyboardInterrupt), DeferredInterrupts():
         os.kill(os.getpid(), signal.SIGINT)
