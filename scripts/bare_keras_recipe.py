@@ -5,7 +5,7 @@ nothing from mnist-exp but the file reader and an epoch timer, so the two can be
 compared on the same data:
 
     python scripts/bare_keras_recipe.py --dataset fashion_mnist
-    python scripts/bare_keras_recipe.py --dataset mnist --path ../shared/datasets/mnist-mini
+    python scripts/bare_keras_recipe.py --dataset mnist_sample   # the digits shipped with us
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ from mnist_exp.train import EpochClock
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", default="mnist", choices=["mnist", "fashion_mnist"])
+    parser.add_argument("--dataset", default="mnist",
+                        choices=["mnist", "fashion_mnist", "mnist_sample"])
     parser.add_argument("--path", default=None, help="local copy (IDX folder or .npz)")
     parser.add_argument("--epochs", type=int, default=25)
     parser.add_argument("--seed", type=int, default=42)

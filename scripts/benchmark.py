@@ -4,7 +4,7 @@
     python scripts/benchmark.py --epochs 25 --out outputs/benchmark
 
 Measures, each in a fresh process on the same data (Fashion-MNIST from the Debian package
-when installed, otherwise ../shared/datasets/mnist-mini):
+when installed, otherwise the digits shipped with mnist-exp, data=mnist_sample):
 1. the reference recipe as a bare Keras script (scripts/bare_keras_recipe.py);
 2. our pipeline's training of the same recipe (same batch size, optimizer, epochs);
 3. the same MLP in a plain PyTorch eager loop, when torch is installed (never required);
@@ -29,7 +29,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 FASHION = Path("/usr/share/datasets/fashion-mnist")
-MINI = ROOT.parent / "shared" / "datasets" / "mnist-mini"
+SAMPLE = ROOT / "src" / "mnist_exp" / "datasets" / "mnist_sample"
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
 
 
@@ -46,11 +46,11 @@ def main() -> None:
         print(json.dumps(WORKERS[args.worker](args.dataset, args.path, args.epochs)))
         return
 
-    dataset, path = ("fashion_mnist", None) if FASHION.is_dir() else ("mnist", str(MINI))
-    data_args = ["--dataset", dataset] + (["--path", path] if path else [])
-    results: dict = {"machine": machine(), "dataset": dataset, "data_path": path or str(FASHION),
+    dataset, folder = ("fashion_mnist", FASHION) if FASHION.is_dir() else ("mnist_sample", SAMPLE)
+    data_args = ["--dataset", dataset]
+    results: dict = {"machine": machine(), "dataset": dataset, "data_path": str(folder),
                      "epochs": args.epochs}
-    print(f"benchmarking on {dataset} ({path or FASHION}), {args.epochs} epochs ...",
+    print(f"benchmarking on {dataset} ({folder}), {args.epochs} epochs ...",
           file=sys.stderr)
     with tempfile.TemporaryDirectory() as scratch:
         report = Path(scratch) / "bare.json"
@@ -64,7 +64,7 @@ def main() -> None:
     except ImportError:
         results["pytorch_eager"] = None
     results["startup"] = {flag: startup(flag) for flag in ("--help", "--cfg job")}
-    results["full_run"] = full_run(dataset, path, args.full_run_epochs)
+    results["full_run"] = full_run(dataset, args.full_run_epochs)
 
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "benchmark.json").write_text(json.dumps(results, indent=2))
@@ -101,7 +101,7 @@ def startup(flag: str) -> float:
                              for _ in range(3))
 
 
-def full_run(dataset: str, path: str | None, epochs: int) -> dict:
+def full_run(dataset: str, epochs: int) -> dict:
     """A real run into a scratch store (made beforehand, as a user's already is)."""
     import mlflow
 
@@ -109,8 +109,6 @@ def full_run(dataset: str, path: str | None, epochs: int) -> dict:
         uri = f"sqlite:///{scratch}/mlflow.db"
         args = ["-m", "mnist_exp.run", "experiment=seed_notebook", f"data={dataset}",
                 f"trainer.epochs={epochs}", f"tracking.uri={uri}", f"hydra.run.dir={scratch}/h"]
-        if path:
-            args.append(f"data.path={path}")
         # A first, tiny run creates the store, as a user's already exists.
         measured([*args, "trainer.epochs=1", "data.max_train_samples=500",
                   "data.max_test_samples=100"])

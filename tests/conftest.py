@@ -1,9 +1,9 @@
-"""Shared fixtures: the real config, real data from ../shared, one real tiny run."""
+"""Shared fixtures: the real config, the real digits shipped with the package, one real
+tiny run. Nothing here reads outside the checkout."""
 
 from __future__ import annotations
 
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -16,35 +16,47 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 
+from mnist_exp.data import LOCAL_FOLDERS, load_idx_folder
 from mnist_exp.run import CONF_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
-DATASETS = ROOT.parent / "shared" / "datasets"
-MINI = DATASETS / "mnist-mini"
-T10K = DATASETS / "mnist-t10k"
+MINI = LOCAL_FOLDERS["mnist_sample"]  # 8,000 / 2,000 real digits, in the package
 
 # A few hundred real digits and two epochs: enough to learn something, quick to run.
 SECRET = "s3cr3t-t0ken-in-the-environment"
 TINY = ("data.max_train_samples=600", "data.max_test_samples=300", "trainer.epochs=2")
 
 
-def needs(folder: Path) -> Path:
-    if not folder.is_dir():
-        pytest.skip(f"{folder} is not here (the shared datasets sit beside the checkout)")
+@pytest.fixture(scope="session")
+def mini() -> Path:
+    return MINI
+
+
+@pytest.fixture(scope="session")
+def t10k(tmp_path_factory) -> Path:
+    """The official MNIST test files, uncompressed, rebuilt from the shipped sample (their
+    10,000 images in the order numpy.random.default_rng(0).permutation(10000), split
+    8,000 / 2,000), so the published checksums can be checked without shipping them twice."""
+    folder = tmp_path_factory.mktemp("t10k")
+    (x_train, y_train), (x_test, y_test) = load_idx_folder(MINI)
+    order = np.random.default_rng(0).permutation(10000)
+    for stem, parts in [("t10k-images-idx3-ubyte", (x_train, x_test)),
+                        ("t10k-labels-idx1-ubyte", (y_train, y_test))]:
+        official = np.empty_like(np.concatenate(parts))
+        official[order] = np.concatenate(parts)
+        write_idx(folder / stem, official)
     return folder
 
 
-@pytest.fixture(scope="session")
-def mini() -> Path:
-    return needs(MINI)
-
-
-@pytest.fixture(scope="session")
-def t10k() -> Path:
-    return needs(T10K)
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """An IDX file of unsigned bytes, as MNIST is published (uncompressed)."""
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(
+        n.to_bytes(4, "big") for n in array.shape)
+    path.write_bytes(header + np.ascontiguousarray(array, dtype=np.uint8).tobytes())
 
 
 def compose_config(*overrides: str):
@@ -54,8 +66,10 @@ def compose_config(*overrides: str):
 
 
 def _child_env(env: dict | None = None) -> dict:
-    return {**{k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"},
-            "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
+    """The environment a user's shell would give: no tracking URI or TensorFlow log level
+    of ours, so the tests see the console a user sees."""
+    drop = ("MLFLOW_TRACKING_URI", "TF_CPP_MIN_LOG_LEVEL")
+    return {**{k: v for k, v in os.environ.items() if k not in drop}, **(env or {})}
 
 
 def run_module(module: str, *args: str, cwd: Path, env: dict | None = None,
@@ -76,10 +90,6 @@ def start_module(module: str, *args: str, cwd: Path,
                             start_new_session=True)
 
 
-_NATIVE_LOG = re.compile(r"^([IWEF]\d{4} |WARNING: All log messages before absl"
-                         r"|\d{4}/\d\d/\d\d \d\d:\d\d:\d\d INFO mlflow)")
-
-
 def _interruptible() -> None:
     """Popen preexec_fn: the child takes Ctrl-C as it would in a terminal, even when the
     tests themselves run in the background (a shell's `&` makes its jobs ignore SIGINT,
@@ -88,9 +98,8 @@ def _interruptible() -> None:
 
 
 def own_lines(stderr: str) -> list[str]:
-    """stderr without TensorFlow's native start-up log (which no setting silences) and
-    MLflow's INFO notes (e.g. that it created the database)."""
-    return [line for line in stderr.strip().splitlines() if not _NATIVE_LOG.match(line)]
+    """The lines of stderr, blank ones left out: what a user reads."""
+    return [line for line in stderr.strip().splitlines() if line.strip()]
 
 
 @dataclass(frozen=True)
@@ -102,10 +111,11 @@ class TinyRun:
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory, mini) -> TinyRun:
-    """The whole runner, end to end, into a temporary tracking store (default layout:
-    mlflow.db and mlruns/ in the launch folder)."""
+    """The whole runner, end to end, on the shipped digits (data=mnist_sample, experiment
+    mnist_sample), into a temporary tracking store (default layout: mlflow.db and mlruns/
+    in the launch folder)."""
     workdir = tmp_path_factory.mktemp("tiny_run")
-    process = run_module("mnist_exp.run", f"data.path={mini}", *TINY,
+    process = run_module("mnist_exp.run", "data=mnist_sample", *TINY,
                          "hydra.run.dir=hydra_out", cwd=workdir,
                          env={"MNIST_EXP_TEST_SECRET": SECRET})
     assert process.returncode == 0, process.stderr[-3000:]

@@ -55,7 +55,7 @@ def browser():
 @pytest.fixture(scope="module")
 def run(tiny_run):
     client = mlflow.MlflowClient(tiny_run.tracking_uri)
-    [run] = client.search_runs([client.get_experiment_by_name("mnist").experiment_id])
+    [run] = client.search_runs([client.get_experiment_by_name("mnist_sample").experiment_id])
     return run
 
 
@@ -87,8 +87,8 @@ def close_assistant(driver) -> None:
 
 
 def test_experiment_lists_the_run(browser, ui, run):
-    open_and_wait(browser, f"{ui}/#/experiments", "mnist")
-    link = browser.find_element(By.LINK_TEXT, "mnist")  # the experiment, listed by name
+    open_and_wait(browser, f"{ui}/#/experiments", "mnist_sample")
+    link = browser.find_element(By.LINK_TEXT, "mnist_sample")  # the experiment, listed by name
     assert link.get_attribute("href").endswith(f"/experiments/{run.info.experiment_id}")
     text = open_and_wait(browser, f"{ui}/#/experiments/{run.info.experiment_id}/runs",
                          run.info.run_name[:20], "matching run")

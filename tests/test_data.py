@@ -20,36 +20,48 @@ from mnist_exp.data import (
     split_validation,
 )
 
+# The md5 of each official MNIST test file's content, once ungzipped (the published .gz
+# files have md5 9fb629c4... and ec29112d...).
+OFFICIAL_T10K_MD5 = {"t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
+                     "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637"}
 
-def published_md5s(folder):
-    return dict(reversed(line.split()) for line in (folder / "md5sums").read_text().splitlines())
 
-
-def test_official_t10k_files_parse_and_match_their_md5s(t10k):
-    md5s = published_md5s(t10k)
-    for name, digest in md5s.items():
+def test_the_sample_rebuilds_the_official_t10k_files_and_they_verify(t10k):
+    for name, digest in OFFICIAL_T10K_MD5.items():
         assert hashlib.md5((t10k / name).read_bytes()).hexdigest() == digest
-    images = read_idx(t10k / "t10k-images-idx3-ubyte.gz", verify_as="mnist")
-    labels = read_idx(t10k / "t10k-labels-idx1-ubyte.gz", verify_as="mnist")
+    images = read_idx(t10k / "t10k-images-idx3-ubyte", verify_as="mnist")
+    labels = read_idx(t10k / "t10k-labels-idx1-ubyte", verify_as="mnist")
     assert images.shape == (10000, 28, 28) and images.dtype == np.uint8
     assert labels.shape == (10000,) and set(np.unique(labels)) == set(range(10))
     assert labels[:5].tolist() == [7, 2, 1, 0, 4]  # the famous first test digits
 
 
-def test_uncompressed_official_file_is_verified_too(t10k, tmp_path):
-    raw = tmp_path / "t10k-labels-idx1-ubyte"
-    raw.write_bytes(gzip.decompress((t10k / "t10k-labels-idx1-ubyte.gz").read_bytes()))
-    assert read_idx(raw, verify_as="mnist").shape == (10000,)
+def test_gzipped_official_file_is_verified_by_its_content(t10k, tmp_path):
+    gz = tmp_path / "t10k-labels-idx1-ubyte.gz"  # recompressed: a different .gz md5
+    gz.write_bytes(gzip.compress((t10k / "t10k-labels-idx1-ubyte").read_bytes()))
+    assert read_idx(gz, verify_as="mnist").shape == (10000,)
 
 
 def test_tampered_official_file_fails_its_checksum(t10k, tmp_path):
-    content = bytearray(gzip.decompress((t10k / "t10k-labels-idx1-ubyte.gz").read_bytes()))
+    content = bytearray((t10k / "t10k-labels-idx1-ubyte").read_bytes())
     content[100] = (content[100] + 1) % 10
     tampered = tmp_path / "t10k-labels-idx1-ubyte.gz"
     tampered.write_bytes(gzip.compress(bytes(content)))
     with pytest.raises(DataError, match="checksum mismatch"):
         read_idx(tampered, verify_as="mnist")
     assert read_idx(tampered, verify_as=None)[100] == content[108]
+
+
+def test_the_shipped_sample_is_verified_against_its_recorded_checksums(tmp_path, mini):
+    for f in mini.glob("*.gz"):
+        (tmp_path / f.name).write_bytes(f.read_bytes())
+    (x_train, _), _ = load_arrays("mnist_sample", str(tmp_path))
+    assert x_train.shape == (8000, 28, 28)
+    content = bytearray(gzip.decompress((mini / "train-labels-idx1-ubyte.gz").read_bytes()))
+    content[-1] = (content[-1] + 1) % 10
+    (tmp_path / "train-labels-idx1-ubyte.gz").write_bytes(gzip.compress(bytes(content)))
+    with pytest.raises(DataError, match="checksum mismatch for the official mnist_sample"):
+        load_arrays("mnist_sample", str(tmp_path))
 
 
 def test_mini_folder_loads_with_the_expected_shapes(mini):

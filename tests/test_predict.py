@@ -57,7 +57,7 @@ def test_a_blank_image_gives_a_blank_frame():
 def test_predict_cli_on_a_png_and_a_test_index(tiny_run, tmp_path, digits, mini):
     x_test, y_test = digits
     client = mlflow.MlflowClient(tiny_run.tracking_uri)
-    [run] = client.search_runs([client.get_experiment_by_name("mnist").experiment_id])
+    [run] = client.search_runs([client.get_experiment_by_name("mnist_sample").experiment_id])
     mlflow.set_tracking_uri(tiny_run.tracking_uri)
     model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
     expected = np.asarray(model.predict(x_test[:2].astype(np.float32)))
@@ -82,7 +82,7 @@ def test_predict_cli_on_a_png_and_a_test_index(tiny_run, tmp_path, digits, mini)
 ])
 def test_predict_cli_errors_are_one_line(tiny_run, tmp_path, model, inputs, message):
     client = mlflow.MlflowClient(tiny_run.tracking_uri)
-    [run] = client.search_runs([client.get_experiment_by_name("mnist").experiment_id])
+    [run] = client.search_runs([client.get_experiment_by_name("mnist_sample").experiment_id])
     (tmp_path / "not-an-image.txt").write_text("hello")
     args = [model or run.info.run_id, *[str(tmp_path / i) if "." in i else i for i in inputs]]
     result = run_module("mnist_exp.predict", *args, cwd=tiny_run.workdir)

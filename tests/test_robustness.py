@@ -120,7 +120,7 @@ def test_unreachable_tracking_server_stops_before_any_work(tmp_path, server):
 
 def test_params_and_tags_hold_no_environment_secrets(tiny_run):
     client = mlflow.MlflowClient(tiny_run.tracking_uri)
-    [run] = client.search_runs([client.get_experiment_by_name("mnist").experiment_id])
+    [run] = client.search_runs([client.get_experiment_by_name("mnist_sample").experiment_id])
     recorded = " ".join([*run.data.params.values(), *run.data.tags.values()])
     assert SECRET not in recorded
     assert not any(key.startswith(("env", "MNIST_EXP")) for key in run.data.params)
@@ -153,7 +153,7 @@ def test_predict_refuses_untrusted_images_with_one_line(tiny_run, tmp_path, name
     content, message = BAD_IMAGES[name]
     (tmp_path / name).write_bytes(content)
     client = mlflow.MlflowClient(tiny_run.tracking_uri)
-    [run] = client.search_runs([client.get_experiment_by_name("mnist").experiment_id])
+    [run] = client.search_runs([client.get_experiment_by_name("mnist_sample").experiment_id])
     result = run_module("mnist_exp.predict", run.info.run_id, str(tmp_path / name),
                         cwd=tiny_run.workdir)
     assert result.returncode == 2

@@ -22,7 +22,7 @@ def client(tiny_run):
 
 @pytest.fixture(scope="module")
 def run(client):
-    experiment = client.get_experiment_by_name("mnist")
+    experiment = client.get_experiment_by_name("mnist_sample")
     runs = client.search_runs([experiment.experiment_id])
     assert len(runs) == 1
     return runs[0]
@@ -30,7 +30,7 @@ def run(client):
 
 def test_default_store_is_mlflow_db_with_artifacts_in_mlruns(tiny_run, client):
     assert (tiny_run.workdir / "mlflow.db").is_file()
-    experiment = client.get_experiment_by_name("mnist")
+    experiment = client.get_experiment_by_name("mnist_sample")
     assert experiment.artifact_location == (tiny_run.workdir / "mlruns").as_uri()
     assert not (tiny_run.workdir / "outputs" / "runs").exists()  # hydra.run.dir redirected
     assert not list(tiny_run.workdir.glob("outputs/checkpoints/*"))  # removed once finished

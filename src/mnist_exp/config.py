@@ -16,7 +16,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-DATASETS = ("mnist", "fashion_mnist")
+DATASETS = ("mnist", "fashion_mnist", "mnist_sample")
 NORMALIZATIONS = ("rescale", "standardize", "none")
 ACTIVATIONS = ("relu", "gelu", "elu", "selu", "leaky_relu", "silu", "tanh", "sigmoid")
 MONITORS = ("val_loss", "val_accuracy", "loss", "accuracy")

@@ -1,10 +1,10 @@
 """Loading MNIST-format datasets and holding out a validation split.
 
 Sources, in order: `path` (a folder of the four IDX files, gzipped or not, or a
-Keras-style .npz), the Debian package's folder for Fashion-MNIST, then
-keras.datasets (download and cache). IDX files are parsed strictly, and files that
-claim to be the official ones are checked against the published checksums, so a
-truncated download fails loudly instead of training on garbage.
+Keras-style .npz), the sample shipped inside this package (`mnist_sample`), the Debian
+package's folder for Fashion-MNIST, then keras.datasets (download and cache). IDX files
+are parsed strictly, and files that claim to be the official ones are checked against the
+published checksums, so a truncated download fails loudly instead of training on garbage.
 """
 
 from __future__ import annotations
@@ -26,12 +26,19 @@ from mnist_exp.config import UserError, first_line
 log = logging.getLogger(__name__)
 
 IMAGE_SHAPE = (28, 28)
+DIGITS = tuple(str(d) for d in range(10))
 CLASS_NAMES = {
-    "mnist": tuple(str(d) for d in range(10)),
+    "mnist": DIGITS,
+    "mnist_sample": DIGITS,
     "fashion_mnist": ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                       "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
 }
-DEBIAN_FOLDERS = {"fashion_mnist": Path("/usr/share/datasets/fashion-mnist")}
+# Where a dataset is found without data.path: shipped with mnist-exp (see its README.md),
+# or installed by a Debian package.
+LOCAL_FOLDERS = {
+    "mnist_sample": Path(__file__).resolve().parent / "datasets" / "mnist_sample",
+    "fashion_mnist": Path("/usr/share/datasets/fashion-mnist"),
+}
 IDX_FILES = {
     "x_train": "train-images-idx3-ubyte",
     "y_train": "train-labels-idx1-ubyte",
@@ -44,7 +51,8 @@ _KERAS_CACHE = Path(os.environ.get("KERAS_HOME", "~/.keras")).expanduser() / "da
 
 class Official(NamedTuple):
     """What the published file holds: its item count, the md5 of the published .gz, and
-    the md5s of its uncompressed content (which survive recompression, e.g. by Debian)."""
+    the md5s of its uncompressed content (which survive recompression, e.g. by Debian).
+    For mnist_sample, "published" means as shipped in this repository."""
 
     items: int
     gz_md5: str
@@ -59,6 +67,18 @@ OFFICIAL: dict[str, dict[str, Official]] = {
                                            ("2646ac647ad5339dbf082846283269ea",)),
         "t10k-labels-idx1-ubyte": Official(10000, "ec29112dd5afa0611ce80d1b7f02629c",
                                            ("27ae3e4e09519cfbb04c329615203637",)),
+    },
+    # The official MNIST test set shuffled with numpy.random.default_rng(0) and split
+    # 8,000 / 2,000 (see datasets/mnist_sample/README.md).
+    "mnist_sample": {
+        "train-images-idx3-ubyte": Official(8000, "7db24afd2854b3f52ca1a264bc3f8cc6",
+                                            ("a59811b062b5886d8a1ae1be5c50e6c4",)),
+        "train-labels-idx1-ubyte": Official(8000, "e848283caf97512b57967bd9676a38d3",
+                                            ("4fff8f8b82163dc5b021de149a1641e6",)),
+        "t10k-images-idx3-ubyte": Official(2000, "fa98a7fff39aee3c46450656ac6302dc",
+                                           ("f15cf52e7ce4e1306f1d8278c1152b0f",)),
+        "t10k-labels-idx1-ubyte": Official(2000, "bafbfbc3fec38e60db849a261f00c631",
+                                           ("8b27ecb1ec135b7652db904823aee4bc",)),
     },
     "fashion_mnist": {
         "train-images-idx3-ubyte": Official(60000, "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
@@ -141,9 +161,12 @@ def load_arrays(
             return (*load_npz(where), str(where.resolve()))
         raise DataError(f"data.path {str(where)!r} does not exist; give a folder with the four "
                         "IDX files or a Keras-style .npz")
-    debian = DEBIAN_FOLDERS.get(name)
-    if debian is not None and debian.is_dir():
-        return (*load_idx_folder(debian, name, verify_checksums), str(debian))
+    local = LOCAL_FOLDERS.get(name)
+    if local is not None and local.is_dir():
+        return (*load_idx_folder(local, name, verify_checksums), str(local))
+    if name == "mnist_sample":
+        raise DataError(f"{local}: the sample dataset shipped with mnist-exp is missing; "
+                        "reinstall the package, or point data.path at a copy")
     return (*_download(name), str(_KERAS_CACHE))
 
 
@@ -278,5 +301,6 @@ def _download(name: str):
             f"could not download {name} via keras.datasets ({reason}); offline? point "
             "data.path at a local copy: a folder with the four IDX files "
             "(train-images-idx3-ubyte.gz, ...) or a Keras-style .npz, e.g. "
-            "data.path=~/datasets/mnist") from None
+            "data.path=~/datasets/mnist; or try the digits shipped with mnist-exp: "
+            "data=mnist_sample") from None
 

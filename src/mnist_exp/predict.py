@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from mnist_exp.config import UserError, first_line
+from mnist_exp.native_log import quiet_native_startup
 
 
 @dataclass(frozen=True)
@@ -100,9 +101,10 @@ def predict(model_ref: str, inputs: list[str], dataset: str | None = None,
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # stderr is ours
     try:
+        with quiet_native_startup():
+            import tensorflow  # noqa: F401
         import mlflow
 
         from mnist_exp.store import resolve_tracking_uri

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import re
 import signal
 import sys
@@ -24,6 +23,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from mnist_exp.config import ConfigError, UserError, parse_config
+from mnist_exp.native_log import quiet_native_startup
 from mnist_exp.store import check_reachable, read_sweep_info, resolve_tracking_uri
 from mnist_exp.sweep import threads_per_job
 
@@ -98,9 +98,9 @@ def experiment(cfg: DictConfig) -> float:
         # one quick request, for callers that do not come through here.)
         if not sweeping:
             check_reachable(resolve_tracking_uri(config.tracking.uri, Path.cwd()))
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ start-up chatter
         start = time.perf_counter()
-        from mnist_exp.pipeline import run_experiment  # heavy imports only once the config is valid
+        with quiet_native_startup(verbose=bool(hydra_cfg.verbose)):
+            from mnist_exp.pipeline import run_experiment  # heavy imports: the config is valid
 
         result = run_experiment(config, _context(import_seconds=time.perf_counter() - start))
     except Exception as e:

@@ -7,6 +7,7 @@ TensorFlow and MLflow take their seconds to import.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import urllib.error
@@ -67,6 +68,8 @@ def prepare_experiment(uri: str, name: str) -> str:
     """
     import mlflow
 
+    # A new store announces its table creation and migrations at INFO: not the user's news.
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
     mlflow.set_tracking_uri(uri)
     client = mlflow.MlflowClient()
     experiment = client.get_experiment_by_name(name)
