@@ -55,7 +55,7 @@ def test_tampered_official_file_fails_its_checksum(t10k, tmp_path):
 def test_the_shipped_sample_is_verified_against_its_recorded_checksums(tmp_path, mini):
     for f in mini.glob("*.gz"):
         (tmp_path / f.name).write_bytes(f.read_bytes())
-    (x_train, _), _ = load_arrays("mnist_sample", str(tmp_path))
+    (x_train, _), _, _ = load_arrays("mnist_sample", str(tmp_path))
     assert x_train.shape == (8000, 28, 28)
     content = bytearray(gzip.decompress((mini / "train-labels-idx1-ubyte.gz").read_bytes()))
     content[-1] = (content[-1] + 1) % 10

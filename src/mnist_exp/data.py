@@ -220,7 +220,13 @@ def read_idx(path: Path, verify_as: str | None = None) -> np.ndarray:
 
 
 def load_npz(path: Path) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
-    """A Keras-style archive with x_train, y_train, x_test, y_test (as keras.datasets caches)."""
+    """A Keras-style archive with x_train, y_train, x_test, y_test (as keras.datasets caches).
+
+    People save MNIST in many forms; the unambiguous ones are understood and said in the
+    log (float pixels in [0, 1] or whole numbers in [0, 255], flattened (N, 784) or
+    (N, 28, 28, 1) images, one-hot labels), anything else is refused with what was found:
+    casting it to bytes would train on garbage and report a meaningless accuracy.
+    """
     try:
         with np.load(path, allow_pickle=False) as f:
             arrays = {key: f[key] for key in IDX_FILES}
@@ -229,15 +235,62 @@ def load_npz(path: Path) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarra
                         f"{', '.join(IDX_FILES)}") from None
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise DataError(f"{path}: not a readable .npz archive ({e})") from None
+    images = {k: as_images(arrays[k], f"{path} ({k})") for k in ("x_train", "x_test")}
+    labels = {k: as_labels(arrays[k], f"{path} ({k})") for k in ("y_train", "y_test")}
     for split in ("train", "test"):
-        x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
-        if x.ndim != 3 or x.shape[1:] != IMAGE_SHAPE:
-            raise DataError(f"{path}: x_{split} has shape {x.shape}; expected (N, 28, 28)")
-        if y.ndim != 1:
-            raise DataError(f"{path}: y_{split} has shape {y.shape}; expected (N,)")
-        _check_pair(x, y, f"{path} ({split})")
-    as_u8 = {k: v.astype(np.uint8, copy=False) for k, v in arrays.items()}
-    return (as_u8["x_train"], as_u8["y_train"]), (as_u8["x_test"], as_u8["y_test"])
+        _check_pair(images[f"x_{split}"], labels[f"y_{split}"], f"{path} ({split})")
+    return (images["x_train"], labels["y_train"]), (images["x_test"], labels["y_test"])
+
+
+def as_images(x: np.ndarray, where: str) -> np.ndarray:
+    """(N, 28, 28) uint8 pixels from an array saved as MNIST images, or DataError."""
+    if x.ndim == 2 and x.shape[1] == IMAGE_SHAPE[0] * IMAGE_SHAPE[1]:
+        log.info("%s: flattened images (N, 784); reshaped to (N, 28, 28)", where)
+        x = x.reshape(len(x), *IMAGE_SHAPE)
+    elif x.ndim == 4 and x.shape[-1] == 1:
+        x = x[..., 0]
+    if x.ndim != 3 or x.shape[1:] != IMAGE_SHAPE:
+        raise DataError(f"{where}: images of shape {x.shape}; expected (N, 28, 28)")
+    if x.dtype == np.uint8 or len(x) == 0:
+        return x.astype(np.uint8, copy=False)
+    if x.dtype.kind not in "iuf":
+        raise DataError(f"{where}: images of type {x.dtype}; expected pixel numbers 0-255")
+    if x.dtype.kind == "f" and not np.isfinite(x).all():
+        raise DataError(f"{where}: images hold {np.isnan(x).sum()} NaN and "
+                        f"{np.isinf(x).sum()} infinite values; expected pixels 0-255")
+    low, high = x.min(), x.max()
+    if low < 0 or high > 255:
+        hint = " (standardised? save the raw pixels)" if low < 0 else ""
+        raise DataError(f"{where}: pixel values from {low:g} to {high:g}{hint}; expected "
+                        "0-255 (or floats in [0, 1])")
+    if x.dtype.kind == "f" and high <= 1:
+        log.warning("%s: float pixels in [0, 1]; scaled back to 0-255", where)
+        return np.rint(x * 255).astype(np.uint8)
+    if x.dtype.kind == "f" and not np.array_equal(x, np.rint(x)):
+        raise DataError(f"{where}: float pixels from {low:g} to {high:g} that are not whole "
+                        "numbers; expected 0-255 (or floats in [0, 1])")
+    return x.astype(np.uint8)
+
+
+def as_labels(y: np.ndarray, where: str) -> np.ndarray:
+    """(N,) uint8 class indices 0-9 from an array saved as labels, or DataError."""
+    classes = len(DIGITS)
+    if y.ndim == 2 and y.shape[1] == classes and len(y) and np.isin(y, (0, 1)).all() \
+            and (y.sum(axis=1) == 1).all():
+        log.info("%s: one-hot labels; read as class indices", where)
+        y = y.argmax(axis=1)
+    if y.ndim != 1:
+        raise DataError(f"{where}: labels of shape {y.shape}; expected (N,) class indices")
+    if len(y) == 0:
+        return y.astype(np.uint8)
+    if y.dtype.kind not in "iuf" or (y.dtype.kind == "f" and not (
+            np.isfinite(y).all() and np.array_equal(y, np.rint(y)))):
+        raise DataError(f"{where}: labels of type {y.dtype} that are not whole numbers; "
+                        f"expected class indices 0-{classes - 1}")
+    if y.min() < 0 or y.max() >= classes:
+        raise DataError(f"{where}: labels from {y.min():g} to {y.max():g}; expected class "
+                        f"indices 0-{classes - 1}")
+    return y.astype(np.uint8)
 
 
 def _check_pair(images: np.ndarray, labels: np.ndarray, where: str) -> None:

@@ -21,6 +21,7 @@ from mnist_exp.data import Dataset, load_dataset
 from mnist_exp.evaluate import evaluate
 from mnist_exp.interrupts import DeferredInterrupts
 from mnist_exp.model import build_model, compile_model
+from mnist_exp.preflight import check_fits_data, check_fits_memory
 from mnist_exp.store import (
     SweepInfo,
     check_reachable,
@@ -69,6 +70,7 @@ def run_experiment(config: Config, context: RunContext = RunContext()) -> RunRes
     Each phase's wall time is recorded too (metrics time_<phase>_s), so the cost of
     everything around training stays visible.
     """
+    check_fits_memory(config)
     clock = _Stopwatch()
     uri = resolve_tracking_uri(config.tracking.uri, context.launch_dir)
     d, t = config.data, config.trainer
@@ -88,6 +90,7 @@ def run_experiment(config: Config, context: RunContext = RunContext()) -> RunRes
                             max_test_samples=d.max_test_samples)
     log.info("Data: %s from %s: %d train, %d validation, %d test images", data.name, data.source,
              len(data.y_train), len(data.y_val), len(data.y_test))
+    check_fits_data(config, data.y_train, data.y_val, data.x_train)
 
     # Ctrl-C waits for the end of each phase that runs TensorFlow (fit: of the step), so
     # it never lands inside TensorFlow's ops (see interrupts.py).

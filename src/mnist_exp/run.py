@@ -8,22 +8,27 @@ nothing behind.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import os
 import re
 import signal
 import sys
+import tempfile
 import time
+import traceback
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import HydraException, MissingConfigException
+from hydra.errors import HydraException, MissingConfigException, OverrideParseException
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from mnist_exp.config import ConfigError, UserError, parse_config
+from mnist_exp.config import ConfigError, UserError, first_line, parse_config
 from mnist_exp.native_log import quiet_native_startup
+from mnist_exp.preflight import check_fits_memory
 from mnist_exp.store import check_reachable, read_sweep_info, resolve_tracking_uri
 from mnist_exp.sweep import threads_per_job
 
@@ -45,11 +50,14 @@ _HYDRA_FLAGS = ("-m", "--multirun", "-h", "--help", "--hydra-help", "-c", "--cfg
 def main() -> None:
     """`python -m mnist_exp.run`: check the overrides, then hand over to Hydra."""
     args = sys.argv[1:]
-    if not any(a.split("=")[0] in _HYDRA_FLAGS for a in args):
-        try:
+    flags = {a.split("=")[0] for a in args if a.startswith("-")}
+    try:
+        if not flags & set(_HYDRA_FLAGS):
             check_overrides(args)
-        except UserError as e:
-            _exit_with(e)
+        if not flags & (set(_HYDRA_FLAGS) - {"-m", "--multirun"}):
+            check_output_dir(args, multirun=bool(flags & {"-m", "--multirun"}))
+    except UserError as e:
+        _exit_with(e)
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` ends the run like Ctrl-C: KILLED
     try:
         experiment()
@@ -60,16 +68,23 @@ def main() -> None:
 
 
 def check_overrides(overrides: list[str]) -> None:
-    """Compose and validate a single run's config; raise ConfigError with one line."""
+    """Compose and validate a single run's config, and check that its tracking store can
+    be used and its model fits in memory: a mistake costs a second and one line
+    (UserError), not TensorFlow's import, and leaves no output folder behind. (A sweep's
+    callback checks the store before its jobs; run_experiment checks both again, cheaply,
+    for callers that do not come through here.)"""
     from hydra import compose, initialize_config_dir
 
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            parse_config(compose("config", overrides=overrides))
+            config = parse_config(compose("config", overrides=overrides))
     except MissingConfigException as e:
         group, _, option = (e.missing_cfg_file or "").rpartition("/")
         allowed = ", ".join(sorted(e.options or []))
         raise ConfigError(f"{group}={option}: no such option; allowed: {allowed}") from None
+    except OverrideParseException as e:
+        raise ConfigError(f"cannot read the override {e.override!r}: "
+                          f"{first_line(e)} (Hydra's override grammar)") from None
     except HydraException as e:
         unknown = re.match(r"Could not override '([^']+)'", str(e))
         if unknown:  # let the schema name the allowed keys: compose with the key appended
@@ -77,6 +92,30 @@ def check_overrides(overrides: list[str]) -> None:
             check_overrides([f"+{o}" if o.split("=")[0] == key else o for o in overrides])
         lines = [line.strip() for line in str(e).splitlines() if line.strip()]
         raise ConfigError(" ".join(lines[:2])) from None
+    check_reachable(resolve_tracking_uri(config.tracking.uri, Path.cwd()))
+    check_fits_memory(config)
+
+
+def check_output_dir(overrides: list[str], multirun: bool) -> None:
+    """Hydra makes its output folder only once it starts the job, and one it cannot make
+    ends in a traceback: try it first, leaving nothing behind."""
+    from hydra import compose, initialize_config_dir
+
+    key = "sweep" if multirun else "run"
+    placing = [o for o in overrides if o.startswith(("hydra.run.dir=", "hydra.sweep.dir="))]
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        folder = Path(compose("config", placing, return_hydra_config=True).hydra[key].dir)
+    made = [p for p in [folder, *folder.parents] if not p.exists()]
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as e:
+        raise ConfigError(f"hydra.{key}.dir={folder}: cannot write there ({e.strerror}); "
+                          f"choose another hydra.{key}.dir") from None
+    finally:
+        for p in made:
+            with contextlib.suppress(OSError):
+                p.rmdir()
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
@@ -93,23 +132,21 @@ def experiment(cfg: DictConfig) -> float:
         config = parse_config(cfg)
         if sweeping and not config.trainer.threads:  # parallel jobs share the cores
             config.trainer.threads = threads_per_job(hydra_cfg.launcher)
-        # A remote store that does not answer should cost seconds, not TensorFlow's import.
-        # (A sweep's launcher checked it once before its jobs; run_experiment checks again,
-        # one quick request, for callers that do not come through here.)
-        if not sweeping:
-            check_reachable(resolve_tracking_uri(config.tracking.uri, Path.cwd()))
         start = time.perf_counter()
         with quiet_native_startup(verbose=bool(hydra_cfg.verbose)):
             from mnist_exp.pipeline import run_experiment  # heavy imports: the config is valid
 
         result = run_experiment(config, _context(import_seconds=time.perf_counter() - start))
     except Exception as e:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1" and not isinstance(e, UserError):
+            raise  # for debugging: Hydra prints the whole traceback
+        output_dir = Path(hydra_cfg.runtime.output_dir)
+        message = str(e) if isinstance(e, UserError) else _unexpected(
+            e, output_dir / f"{hydra_cfg.job.name}.log")
         if not sweeping:
-            if isinstance(e, UserError):
-                _exit_with(e)
-            raise
-        log.error("job failed: %s", e, exc_info=not isinstance(e, UserError))
-        Path(hydra_cfg.runtime.output_dir, "FAILED").write_text(f"{type(e).__name__}: {e}\n")
+            _exit_with(message, code=2 if isinstance(e, UserError) else 1)
+        log.error("job failed: %s", message)
+        (output_dir / "FAILED").write_text(f"{type(e).__name__}: {e}\n")
         return math.nan
     except KeyboardInterrupt:
         print("mnist-exp: interrupted; the MLflow run (if one had started) is marked KILLED "
@@ -120,9 +157,21 @@ def experiment(cfg: DictConfig) -> float:
     return result.val_accuracy
 
 
-def _exit_with(error: UserError) -> None:
+def _exit_with(error: UserError | str, code: int = 2) -> None:
     print(f"mnist-exp: error: {error}", file=sys.stderr)
-    raise SystemExit(2)
+    raise SystemExit(code)
+
+
+def _unexpected(error: Exception, log_file: Path) -> str:
+    """One line for the console; the whole traceback goes to the job's log file."""
+    where = f"the traceback is in {log_file}"
+    try:
+        with log_file.open("a") as f:
+            f.write("".join(traceback.format_exception(error)))
+    except OSError:
+        where = "no log file could be written"
+    return (f"{type(error).__name__}: {first_line(error)} (unexpected; {where}; "
+            "HYDRA_FULL_ERROR=1 prints it here)")
 
 
 def _interrupt(signum, frame) -> None:

@@ -6,6 +6,7 @@ TensorFlow and MLflow take their seconds to import.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -99,9 +100,59 @@ def allow_concurrent_writers(uri: str) -> None:
             db.execute("PRAGMA journal_mode=WAL")
 
 
+# SQLAlchemy's database schemes that MLflow accepts, and the module each dialect needs.
+_DRIVERS = {
+    "postgresql": ("psycopg", "psycopg[binary]"),  # SQLAlchemy 2.1's default PostgreSQL driver
+    "postgresql+psycopg": ("psycopg", "psycopg[binary]"),
+    "postgresql+psycopg2": ("psycopg2", "psycopg2-binary"),
+    "postgresql+pg8000": ("pg8000", "pg8000"),
+    "mysql": ("MySQLdb", "mysqlclient"),
+    "mysql+mysqldb": ("MySQLdb", "mysqlclient"),
+    "mysql+pymysql": ("pymysql", "pymysql"),
+    "mssql": ("pyodbc", "pyodbc"),
+    "mssql+pyodbc": ("pyodbc", "pyodbc"),
+    "sqlite": ("sqlite3", ""),
+}
+_SERVERS = ("http", "https", "databricks")
+
+
+def check_usable(uri: str) -> None:
+    """Stop, in one line that says what to do instead, on a tracking URI that MLflow
+    cannot use: an unknown scheme, a database whose driver is not installed, the plain
+    file store that MLflow 3 retired, a SQLite file in a folder that does not exist."""
+    scheme = uri.split("://", 1)[0].lower() if "://" in uri else ""
+    shown = redact(uri)
+    if scheme in ("", "file") and os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() not in (
+            "1", "true"):
+        raise TrackingError(
+            f"tracking.uri {shown!r} is a plain folder: MLflow 3 retired that file store; use "
+            "a database such as sqlite:///mlflow.db (artifacts still go to a folder), or "
+            "leave tracking.uri unset for ./mlflow.db")
+    if scheme in ("", "file", *_SERVERS):
+        return
+    if scheme not in _DRIVERS:
+        raise TrackingError(
+            f"tracking.uri {shown!r}: unknown scheme {scheme}://; use http(s):// for a "
+            f"tracking server or a database: "
+            f"{', '.join(dict.fromkeys(s.split('+')[0] + '://' for s in _DRIVERS))}")
+    module, package = _DRIVERS[scheme]
+    if importlib.util.find_spec(module) is None:
+        raise TrackingError(
+            f"tracking.uri {shown!r} needs the database driver {module}, which is not "
+            f"installed: pip install {package}")
+    if scheme == "sqlite":
+        database = uri.split(":///", 1)[-1].split("?")[0]
+        folder = Path(database).expanduser().parent
+        if database not in ("", ":memory:") and not folder.is_dir():
+            raise TrackingError(f"tracking.uri {shown!r}: the folder {folder} does not exist; "
+                                "create it or choose another path")
+
+
 def check_reachable(uri: str, timeout: float = 5.0) -> None:
-    """Fail fast, naming the URI, when a tracking server does not answer: MLflow's own
-    client would retry for minutes, after the data was loaded."""
+    """Fail fast, naming the URI, when the store cannot be used (check_usable) or a
+    tracking server does not answer: MLflow's own client would retry for minutes, after
+    the data was loaded."""
+    check_usable(uri)
     if not uri.startswith(("http://", "https://")):
         return
     try:
