@@ -53,6 +53,11 @@ def compose_config(*overrides: str):
         return compose("config", overrides=list(overrides))
 
 
+def options(group: str) -> list[str]:
+    """The options of a config group: its YAML files under conf/."""
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
 def _child_env(env: dict | None = None) -> dict:
     return {**{k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"},
             "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}

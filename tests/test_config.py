@@ -7,15 +7,11 @@ import sys
 
 import pytest
 
-from conftest import compose_config, own_lines, run_module
+from conftest import compose_config, options, own_lines, run_module
 from mnist_exp.config import ConfigError, parse_config
-from mnist_exp.run import CONF_DIR, check_overrides
+from mnist_exp.run import check_overrides
 
 GROUPS = ["data", "model", "optimizer", "trainer", "tracking", "experiment", "hparams_search"]
-
-
-def options(group: str) -> list[str]:
-    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
 
 
 @pytest.mark.parametrize(

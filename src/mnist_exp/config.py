@@ -73,7 +73,8 @@ class DataConfig(Section):
     name: Literal["mnist", "fashion_mnist", "mnist_sample"] = Field(
         "mnist", description="digits, Zalando's clothes, or the sample of MNIST shipped here")
     path: ExistingPath | None = Field(
-        None, description="a local copy (IDX files or .npz); null: a known copy, else download")
+        None, description="a local copy: a folder of the four IDX files (.gz or not) or a "
+                          "Keras-style .npz; null: a copy on this machine, else a download")
     validation_split: StrictFloat = Field(
         0.2, gt=0, lt=1, description="share of the training set held out (stratified)")
     normalization: Literal["rescale", "standardize", "none"] = Field(
@@ -101,7 +102,8 @@ class MLPConfig(Section):
     hidden_units: Layers = Field([128, 32], description="units of each hidden Dense layer")
     activation: Activation = Field("relu", description="the hidden layers' activation")
     dropout: Fraction = Field(0.0, description="dropout after each hidden layer (0: none)")
-    batch_norm: bool = Field(False, description="Dense -> batch norm -> activation")
+    batch_norm: bool = Field(False, description="batch normalisation between each hidden "
+                                                "Dense layer and its activation")
 
 
 class CNNConfig(Section):
@@ -109,7 +111,8 @@ class CNNConfig(Section):
     filters: Layers = Field([32, 64], description="a block each: conv, 2x2 max-pool, dropout")
     kernel_size: StrictInt = Field(3, ge=1, le=7, description="side of each convolution kernel")
     hidden_units: Layers = Field([128], description="units of each Dense layer after them")
-    activation: Activation = Field("relu", description="the hidden layers' activation")
+    activation: Activation = Field("relu", description="the convolutions' and Dense layers' "
+                                                       "activation")
     dropout: Fraction = Field(0.25, description="dropout after each block and layer (0: none)")
 
 
@@ -190,7 +193,8 @@ class AugmentConfig(Section):
 class TrainerConfig(Section):
     epochs: Count = Field(25, description="passes over the training set")
     batch_size: Count = Field(32, description="samples per training step")
-    seed: StrictInt = Field(42, ge=0, lt=2**32, description="seeds everything, and the split")
+    seed: StrictInt = Field(42, ge=0, lt=2**32, description="seeds Python, NumPy, TensorFlow "
+                                                            "and the validation split")
     deterministic: bool = Field(False, description="TensorFlow's op determinism (slower)")
     resume: bool = Field(False, description="continue an interrupted run of this config")
     steps_per_execution: Count = Field(64, description="batches per call into TensorFlow (1: "
@@ -209,10 +213,13 @@ class TrainerConfig(Section):
 class TrackingConfig(Section):
     uri: str | None = Field(None, description="the tracking store; null: $MLFLOW_TRACKING_URI "
                                               "when set, else mlflow.db in the launch folder")
-    experiment_name: Name = Field("mnist", description="MLflow experiment (conf/: data.name)")
-    run_name: Name | None = Field(None, description="null: named after the overrides")
+    experiment_name: Name = Field("mnist", description="the MLflow experiment (conf/ names it "
+                                                       "after data.name)")
+    run_name: Name | None = Field(None, description="null: named after the preset and the "
+                                                    "command-line overrides")
     log_model: bool = Field(True, description="log the model (Keras flavour, signature)")
-    register_model: bool = Field(False, description="register it as a new model version")
+    register_model: bool = Field(False, description="register the logged model as a new "
+                                                    "version of registered_model_name")
     registered_model_name: Name = Field("mnist-exp", description="the registered model")
 
     @model_validator(mode="after")
