@@ -137,6 +137,14 @@ class AdamConfig(Section):
     clipnorm: ClipNorm = None
 
 
+class AdamWConfig(AdamConfig):
+    """Adam's settings, with decoupled weight decay always on (Keras' default 0.004)."""
+
+    keras_class: ClassVar[str] = "AdamW"
+    name: Literal["adamw"] = "adamw"
+    weight_decay: StrictFloat = Field(0.004, ge=0, description="decoupled weight decay")
+
+
 class SGDConfig(Section):
     keras_class: ClassVar[str] = "SGD"
     name: Literal["sgd"] = "sgd"
@@ -159,7 +167,7 @@ class RMSpropConfig(Section):
     clipnorm: ClipNorm = None
 
 
-OptimizerConfig = Annotated[AdamConfig | SGDConfig | RMSpropConfig,
+OptimizerConfig = Annotated[AdamConfig | AdamWConfig | SGDConfig | RMSpropConfig,
                             Field(discriminator="name")]
 MODELS = options(get_args(ModelConfig)[0])  # each family's options, by name
 OPTIMIZERS = options(get_args(OptimizerConfig)[0])
