@@ -65,6 +65,11 @@ def compose_config(*overrides: str):
         return compose("config", overrides=list(overrides))
 
 
+def options(group: str) -> list[str]:
+    """The options of a config group: its YAML files under conf/."""
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
 def _child_env(env: dict | None = None) -> dict:
     """The environment a user's shell would give: no tracking URI or TensorFlow log level
     of ours, so the tests see the console a user sees."""

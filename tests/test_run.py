@@ -132,6 +132,25 @@ def test_same_seed_same_result_in_process(mini, tmp_path):
     assert first.run_id != second.run_id and first.model_uri is None
 
 
+def test_adamw_trains_and_is_recorded_with_its_weight_decay(mini, tmp_path):
+    """An optimizer added by its schema class and YAML alone: composed, built as Keras'
+    AdamW (model.py has no list of optimizers), trained, and recorded."""
+    uri = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    config = parse_config(compose_config(
+        f"data.path={mini}", *TINY, "optimizer=adamw", "optimizer.weight_decay=0.01",
+        "tracking.log_model=false", f"tracking.uri={uri}"))
+    result = run_experiment(config, RunContext(launch_dir=tmp_path, progress_bar=False))
+    run = mlflow.MlflowClient(uri).get_run(result.run_id)
+    params = run.data.params
+    assert (params["optimizer.name"], params["optimizer.weight_decay"]) == ("adamw", "0.01")
+    assert params["optimizer_name"] == "adam_w"  # Keras' own record of the optimizer it built
+    assert float(params["optimizer_weight_decay"]) == pytest.approx(0.01)
+    losses = [m.value for m in mlflow.MlflowClient(uri).get_metric_history(result.run_id,
+                                                                           "loss")]
+    assert len(losses) == 2 and losses[1] < losses[0]
+    assert result.test_accuracy > 0.6
+
+
 def test_a_run_that_raises_is_marked_failed_with_the_error(tmp_path):
     from mnist_exp import tracking
     from mnist_exp.store import prepare_experiment

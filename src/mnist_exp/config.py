@@ -1,26 +1,37 @@
-"""The run configuration's schema, checked before anything heavy is imported.
+"""The run configuration's schema: every setting declared once, checked before anything
+heavy is imported.
 
-Hydra composes the YAML under conf/; `parse_config` turns the result into typed
-dataclasses or stops with one sentence that names the key, the value given and
-what is allowed. Only light modules (omegaconf) are imported here, so a typo costs
-a second, not the ten it takes to import TensorFlow.
+Each setting is one declaration below: type, default, allowed range and meaning (pydantic
+models; a family of options, such as the optimizers, is a union told apart by `name`).
+Hydra composes the YAML under conf/; `parse_config` checks it against these models and
+reports the first problem as one line naming the key, the value and what is allowed, in
+words derived from the same declaration (explain.py). Only light modules are imported
+(omegaconf, pydantic), so a typo costs a fraction of a second, not the ten it takes to
+import TensorFlow. The README's tables of settings are generated from this file
+(scripts/config_table.py).
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, ClassVar, Literal, get_args
 
+from annotated_types import Ge, Gt, Lt, MinLen
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictFloat,
+    StrictInt,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
 
-DATASETS = ("mnist", "fashion_mnist", "mnist_sample")
-NORMALIZATIONS = ("rescale", "standardize", "none")
-ACTIVATIONS = ("relu", "gelu", "elu", "selu", "leaky_relu", "silu", "tanh", "sigmoid")
-MONITORS = ("val_loss", "val_accuracy", "loss", "accuracy")
-SCHEDULES = ("none", "plateau", "cosine")
+from mnist_exp.explain import Allowed, conflict, options, sentence
 
 
 class UserError(Exception):
@@ -31,310 +42,247 @@ class ConfigError(UserError):
     """A configuration value that is missing, mistyped or out of range."""
 
 
-@dataclass
-class DataConfig:
-    name: str = "mnist"
-    path: str | None = None
-    validation_split: float = 0.2
-    normalization: str = "rescale"
-    verify_checksums: bool = True
-    max_train_samples: int | None = None
-    max_test_samples: int | None = None
-    mirror_invariant: bool = False  # does a left-right mirrored image keep its class?
+def _exists(path: str) -> str:
+    if not Path(path).expanduser().exists():
+        raise ValueError("no such file or folder")
+    return path
 
 
-@dataclass
-class MLPConfig:
-    name: str = "mlp"
-    hidden_units: list[int] = field(default_factory=lambda: [128, 32])
-    activation: str = "relu"
-    dropout: float = 0.0
-    batch_norm: bool = False
+# Kinds of value several settings share. Integers and numbers are strict (2.5 and true are
+# no integer, true no number), as OmegaConf's typed configs were.
+Count = Annotated[StrictInt, Ge(1)]
+Fraction = Annotated[StrictFloat, Ge(0), Lt(1)]
+Positive = Annotated[StrictFloat, Gt(0)]
+Layers = Annotated[list[Count], MinLen(1)]
+Name = Annotated[str, StringConstraints(pattern=r"\S"), Allowed("a non-empty name")]
+ExistingPath = Annotated[str, AfterValidator(_exists),
+                         Allowed("an existing folder of IDX files or a .npz file")]
+Activation = Literal["relu", "gelu", "elu", "selu", "leaky_relu", "silu", "tanh", "sigmoid"]
 
 
-@dataclass
-class CNNConfig:
-    name: str = "cnn"
-    filters: list[int] = field(default_factory=lambda: [32, 64])  # one conv block each
-    kernel_size: int = 3
-    hidden_units: list[int] = field(default_factory=lambda: [128])
-    activation: str = "relu"
-    dropout: float = 0.25
+class Section(BaseModel):
+    """A group of settings. Unknown keys and non-finite numbers are refused; a value set
+    later (run.py caps trainer.threads in sweeps) is checked like one read from YAML; a
+    number where text is expected (tracking.run_name=2024) is taken as text."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, validate_assignment=True,
+                              coerce_numbers_to_str=True)
 
 
-ModelConfig = MLPConfig | CNNConfig
-MODELS: dict[str, type] = {"mlp": MLPConfig, "cnn": CNNConfig}
+class DataConfig(Section):
+    name: Literal["mnist", "fashion_mnist", "mnist_sample"] = Field(
+        "mnist", description="digits, Zalando's clothes, or the sample of MNIST shipped here")
+    path: ExistingPath | None = Field(
+        None, description="a local copy: a folder of the four IDX files (.gz or not) or a "
+                          "Keras-style .npz; null: a copy on this machine, else a download")
+    validation_split: StrictFloat = Field(
+        0.2, gt=0, lt=1, description="share of the training set held out (stratified)")
+    normalization: Literal["rescale", "standardize", "none"] = Field(
+        "rescale", description="pixels / 255, zero mean and unit variance, or raw 0-255")
+    verify_checksums: bool = Field(True, description="official-looking files must match "
+                                                     "the published checksums")
+    max_train_samples: StrictInt | None = Field(None, ge=10, description="use only the first "
+                                                "N (shuffled) samples; null: all")
+    max_test_samples: StrictInt | None = Field(None, ge=1, description="likewise, test set")
+    mirror_invariant: bool = Field(False, description="a mirrored image keeps its class "
+                                                      "(clothes yes, digits no)")
+
+    @model_validator(mode="after")
+    def _split_leaves_samples_on_both_sides(self) -> DataConfig:
+        n = self.max_train_samples
+        if n is not None and not 1 <= round(n * self.validation_split) < n:
+            raise conflict("validation_split", self.validation_split,
+                           f"a split leaving 1 to {n - 1} of data.max_train_samples={n} "
+                           "for validation")
+        return self
 
 
-@dataclass
-class AdamConfig:
-    name: str = "adam"
-    learning_rate: float = 1e-3
-    beta_1: float = 0.9
-    beta_2: float = 0.999
-    epsilon: float = 1e-7
-    amsgrad: bool = False
-    weight_decay: float | None = None
-    clipnorm: float | None = None
+class MLPConfig(Section):
+    name: Literal["mlp"] = "mlp"
+    hidden_units: Layers = Field([128, 32], description="units of each hidden Dense layer")
+    activation: Activation = Field("relu", description="the hidden layers' activation")
+    dropout: Fraction = Field(0.0, description="dropout after each hidden layer (0: none)")
+    batch_norm: bool = Field(False, description="batch normalisation between each hidden "
+                                                "Dense layer and its activation")
 
 
-@dataclass
-class SGDConfig:
-    name: str = "sgd"
-    learning_rate: float = 1e-2
-    momentum: float = 0.0
-    nesterov: bool = False
-    weight_decay: float | None = None
-    clipnorm: float | None = None
+class CNNConfig(Section):
+    name: Literal["cnn"] = "cnn"
+    filters: Layers = Field([32, 64], description="a block each: conv, 2x2 max-pool, dropout")
+    kernel_size: StrictInt = Field(3, ge=1, le=7, description="side of each convolution kernel")
+    hidden_units: Layers = Field([128], description="units of each Dense layer after them")
+    activation: Activation = Field("relu", description="the convolutions' and Dense layers' "
+                                                       "activation")
+    dropout: Fraction = Field(0.25, description="dropout after each block and layer (0: none)")
 
 
-@dataclass
-class RMSpropConfig:
-    name: str = "rmsprop"
-    learning_rate: float = 1e-3
-    rho: float = 0.9
-    momentum: float = 0.0
-    epsilon: float = 1e-7
-    centered: bool = False
-    weight_decay: float | None = None
-    clipnorm: float | None = None
+ModelConfig = Annotated[MLPConfig | CNNConfig, Field(discriminator="name")]
+
+# What every optimizer takes: a rate, decoupled weight decay, clipping.
+LearningRate = Annotated[Positive, Field(description="step size (a schedule's start)")]
+WeightDecay = Annotated[StrictFloat | None, Field(ge=0, description="decoupled weight decay")]
+ClipNorm = Annotated[Positive | None, Field(description="clip each gradient to this norm")]
+Epsilon = Annotated[Positive, Field(description="added to the denominator, for stability")]
 
 
-OptimizerConfig = AdamConfig | SGDConfig | RMSpropConfig
-OPTIMIZERS: dict[str, type] = {"adam": AdamConfig, "sgd": SGDConfig, "rmsprop": RMSpropConfig}
+class AdamConfig(Section):
+    keras_class: ClassVar[str] = "Adam"  # the class in keras.optimizers that this builds
+    name: Literal["adam"] = "adam"
+    learning_rate: LearningRate = 1e-3
+    beta_1: Fraction = Field(0.9, description="decay rate of the gradient's running mean")
+    beta_2: Fraction = Field(0.999, description="decay rate of its running mean square")
+    epsilon: Epsilon = 1e-7
+    amsgrad: bool = Field(False, description="divide by the largest mean square so far")
+    weight_decay: WeightDecay = None
+    clipnorm: ClipNorm = None
 
 
-@dataclass
-class EarlyStoppingConfig:
-    enabled: bool = False
-    monitor: str = "val_loss"
-    patience: int = 3
-    min_delta: float = 0.0
-    restore_best_weights: bool = True
+class AdamWConfig(AdamConfig):
+    """Adam's settings, with decoupled weight decay always on (Keras' default 0.004)."""
+
+    keras_class: ClassVar[str] = "AdamW"
+    name: Literal["adamw"] = "adamw"
+    weight_decay: StrictFloat = Field(0.004, ge=0, description="decoupled weight decay")
 
 
-@dataclass
-class LRScheduleConfig:
-    name: str = "none"  # none | plateau | cosine
-    factor: float = 0.5  # plateau: multiply the rate by this ...
-    patience: int = 2  # ... after this many epochs without a better val_loss
-    min_lr: float = 1e-5  # floor for both
+class SGDConfig(Section):
+    keras_class: ClassVar[str] = "SGD"
+    name: Literal["sgd"] = "sgd"
+    learning_rate: LearningRate = 1e-2
+    momentum: Fraction = Field(0.0, description="share of the previous step carried over")
+    nesterov: bool = Field(False, description="Nesterov momentum")
+    weight_decay: WeightDecay = None
+    clipnorm: ClipNorm = None
 
 
-@dataclass
-class AugmentConfig:
-    max_shift: int = 0  # move each training image by up to this many pixels in x and y
-    horizontal_flip: bool = False  # mirror half of them (clothes yes, digits no)
+class RMSpropConfig(Section):
+    keras_class: ClassVar[str] = "RMSprop"
+    name: Literal["rmsprop"] = "rmsprop"
+    learning_rate: LearningRate = 1e-3
+    rho: Fraction = Field(0.9, description="decay rate of the gradient's running mean square")
+    momentum: Fraction = Field(0.0, description="share of the previous step carried over")
+    epsilon: Epsilon = 1e-7
+    centered: bool = Field(False, description="divide by the variance, not the mean square")
+    weight_decay: WeightDecay = None
+    clipnorm: ClipNorm = None
 
 
-@dataclass
-class TrainerConfig:
-    epochs: int = 25
-    batch_size: int = 32
-    seed: int = 42
-    deterministic: bool = False
-    resume: bool = False
-    steps_per_execution: int = 64
-    jit_compile: bool = True
-    eval_batch_size: int = 1024
-    threads: int = 0
-    label_smoothing: float = 0.0  # aim at 1 - s (+ s/classes) for the true class, not 1
-    lr_schedule: LRScheduleConfig = field(default_factory=LRScheduleConfig)
-    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
+OptimizerConfig = Annotated[AdamConfig | AdamWConfig | SGDConfig | RMSpropConfig,
+                            Field(discriminator="name")]
+MODELS = options(get_args(ModelConfig)[0])  # each family's options, by name
+OPTIMIZERS = options(get_args(OptimizerConfig)[0])
 
 
-@dataclass
-class TrackingConfig:
-    uri: str | None = None
-    experiment_name: str = "mnist"
-    run_name: str | None = None
-    log_model: bool = True
-    register_model: bool = False
-    registered_model_name: str = "mnist-exp"
+class LRScheduleConfig(Section):
+    name: Literal["none", "plateau", "cosine"] = Field(
+        "none", description="plateau: multiply the rate by `factor` after `patience` epochs "
+                            "without a better val_loss; cosine: from optimizer.learning_rate "
+                            "down to min_lr over the epochs")
+    factor: StrictFloat = Field(0.5, gt=0, lt=1, description="plateau: multiply the rate by this")
+    patience: StrictInt = Field(2, ge=0, description="plateau: epochs without a better val_loss")
+    min_lr: StrictFloat = Field(1e-5, ge=0, description="the rate's floor")
 
 
-@dataclass
-class Config:
+class EarlyStoppingConfig(Section):
+    enabled: bool = Field(False, description="stop once `monitor` stops improving")
+    monitor: Literal["val_loss", "val_accuracy", "loss", "accuracy"] = Field(
+        "val_loss", description="the metric watched")
+    patience: StrictInt = Field(3, ge=0, description="epochs to wait for an improvement")
+    min_delta: StrictFloat = Field(0.0, ge=0, description="the least change that counts")
+    restore_best_weights: bool = Field(True, description="keep the best epoch's weights")
+
+
+class AugmentConfig(Section):
+    max_shift: StrictInt = Field(0, ge=0, le=8, description="move training images by up to "
+                                                            "this many pixels in x and y")
+    horizontal_flip: bool = Field(False, description="mirror half of the training images")
+
+
+class TrainerConfig(Section):
+    epochs: Count = Field(25, description="passes over the training set")
+    batch_size: Count = Field(32, description="samples per training step")
+    seed: StrictInt = Field(42, ge=0, lt=2**32, description="seeds Python, NumPy, TensorFlow "
+                                                            "and the validation split")
+    deterministic: bool = Field(False, description="TensorFlow's op determinism (slower)")
+    resume: bool = Field(False, description="continue an interrupted run of this config")
+    steps_per_execution: Count = Field(64, description="batches per call into TensorFlow (1: "
+                                                       "a Python round trip per batch)")
+    jit_compile: bool = Field(True, description="compile the training step with XLA")
+    eval_batch_size: Count = Field(1024, description="batch size for validation and test")
+    threads: StrictInt = Field(0, ge=0, description="TensorFlow's thread pools (0: its default, "
+                                                    "one per core)")
+    label_smoothing: Fraction = Field(0.0, description="s: the true class's target is 1 - s + "
+                                                       "s/10, every other class's s/10")
+    lr_schedule: LRScheduleConfig = Field(default_factory=LRScheduleConfig)
+    early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+
+
+class TrackingConfig(Section):
+    uri: str | None = Field(None, description="the tracking store; null: $MLFLOW_TRACKING_URI "
+                                              "when set, else mlflow.db in the launch folder")
+    experiment_name: Name = Field("mnist", description="the MLflow experiment (conf/ names it "
+                                                       "after data.name)")
+    run_name: Name | None = Field(None, description="null: named after the preset and the "
+                                                    "command-line overrides")
+    log_model: bool = Field(True, description="log the model (Keras flavour, signature)")
+    register_model: bool = Field(False, description="register the logged model as a new "
+                                                    "version of registered_model_name")
+    registered_model_name: Name = Field("mnist-exp", description="the registered model")
+
+    @model_validator(mode="after")
+    def _registers_only_a_logged_model(self) -> TrackingConfig:
+        if self.register_model and not self.log_model:
+            raise conflict("register_model", True, "false while tracking.log_model is false "
+                                                   "(there is no model to register)")
+        return self
+
+
+class Config(Section):
     data: DataConfig
     model: ModelConfig
     optimizer: OptimizerConfig
     trainer: TrainerConfig
     tracking: TrackingConfig
 
-
-_SECTIONS: dict[str, type] = {
-    "data": DataConfig,
-    "trainer": TrainerConfig,
-    "tracking": TrackingConfig,
-}
-_BY_NAME: dict[str, dict[str, type]] = {"model": MODELS, "optimizer": OPTIMIZERS}
+    @model_validator(mode="after")
+    def _sections_agree(self) -> Config:
+        d, t, schedule = self.data, self.trainer, self.trainer.lr_schedule
+        if d.max_train_samples is not None:
+            left = d.max_train_samples - round(d.max_train_samples * d.validation_split)
+            if t.batch_size > left:
+                raise conflict("trainer.batch_size", t.batch_size,
+                               f"at most the {left} training samples left by "
+                               "data.max_train_samples and data.validation_split")
+        if schedule.name != "none" and schedule.min_lr >= self.optimizer.learning_rate:
+            raise conflict("trainer.lr_schedule.min_lr", schedule.min_lr,
+                           "a number >= 0, below optimizer.learning_rate")
+        if t.augment.horizontal_flip and not d.mirror_invariant:
+            raise conflict("trainer.augment.horizontal_flip", True,
+                           f"false for {d.name}: a mirrored image changes its class "
+                           "(data.mirror_invariant)")
+        return self
 
 
 def parse_config(cfg: DictConfig | dict) -> Config:
-    """Type-check and range-check a composed config; raise ConfigError on the first problem."""
+    """Check a composed config against the schema; raise ConfigError, one line, on the first
+    problem (an unknown key before any other)."""
     try:
         raw = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
     except OmegaConfBaseException as e:
-        raise ConfigError(f"{_key_of(e) or 'config'}: {first_line(e)}") from None
+        raise ConfigError(f"{getattr(e, 'full_key', None) or 'config'}: {first_line(e)}") from None
     raw = dict(raw)
     raw.pop("experiment", None)  # the preset's name, when a preset sets one
-    _reject_unknown("", raw, [*_SECTIONS, *_BY_NAME])
-    for name in [*_SECTIONS, *_BY_NAME]:
-        if not isinstance(raw.get(name), dict):
-            raise ConfigError(f"{name}: missing; the config needs a '{name}' section")
-
-    sections = {name: _typed(name, schema, raw[name]) for name, schema in _SECTIONS.items()}
-    for name, kinds in _BY_NAME.items():  # the schema depends on the section's `name`
-        kind = raw[name].get("name")
-        if kind not in kinds:
-            raise ConfigError(_choice(f"{name}.name", kind, kinds))
-        sections[name] = _typed(name, kinds[kind], raw[name])
-    config = Config(**sections)
-    _check_ranges(config)
-    return config
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as e:
+        errors = sorted(e.errors(), key=lambda error: error["type"] != "extra_forbidden")
+        raise ConfigError(sentence(errors[0], raw, Config)) from None
 
 
 def to_dict(config: Config) -> dict[str, Any]:
     """The config as plain nested dicts and lists, e.g. for YAML or MLflow params."""
-    return asdict(config)
-
-
-def _typed(section: str, schema: type, values: dict) -> Any:
-    _reject_unknown_fields(section, values, schema)
-    try:
-        merged = OmegaConf.merge(OmegaConf.structured(schema), values)
-        return OmegaConf.to_object(merged)
-    except OmegaConfBaseException as e:
-        key = _key_of(e)
-        raise ConfigError(f"{section}.{key}: {first_line(e)}" if key else
-                          f"{section}: {first_line(e)}") from None
-
-
-def _reject_unknown_fields(prefix: str, values: dict, schema: type) -> None:
-    known = {f.name: f for f in fields(schema)}
-    _reject_unknown(prefix, values, list(known))
-    for key, value in values.items():
-        nested = known[key].default_factory
-        if is_dataclass(nested) and isinstance(value, dict):
-            _reject_unknown_fields(f"{prefix}.{key}", value, nested)
-        elif callable(nested) and isinstance(nested(), list) and not isinstance(value, list):
-            raise ConfigError(f"{prefix}.{key}: got {value!r}; allowed: a list, e.g. "
-                              f"{prefix}.{key}=[{','.join(map(str, nested()))}]")
-
-
-def _reject_unknown(prefix: str, values: dict, allowed: list[str]) -> None:
-    for key in values:
-        if key not in allowed:
-            where = f"{prefix}.{key}" if prefix else key
-            raise ConfigError(f"{where}: unknown key; allowed keys here are {', '.join(allowed)}")
-
-
-def _check_ranges(c: Config) -> None:
-    d, m, o, t, es = c.data, c.model, c.optimizer, c.trainer, c.trainer.early_stopping
-    checks: list[tuple[str, Any, bool, str]] = [
-        ("data.name", d.name, d.name in DATASETS, _one_of(DATASETS)),
-        ("data.validation_split", d.validation_split, 0 < d.validation_split < 1,
-         "a fraction strictly between 0 and 1"),
-        ("data.normalization", d.normalization, d.normalization in NORMALIZATIONS,
-         _one_of(NORMALIZATIONS)),
-        ("data.path", d.path, d.path is None or Path(d.path).expanduser().exists(),
-         "an existing folder of IDX files or a .npz file (or null to download)"),
-        ("data.max_train_samples", d.max_train_samples,
-         d.max_train_samples is None or d.max_train_samples >= 10, "null or an integer >= 10"),
-        ("data.max_test_samples", d.max_test_samples,
-         d.max_test_samples is None or d.max_test_samples >= 1, "null or an integer >= 1"),
-        ("model.hidden_units", m.hidden_units,
-         len(m.hidden_units) > 0 and all(u >= 1 for u in m.hidden_units),
-         "a non-empty list of positive integers, e.g. [128,32]"),
-        ("model.activation", m.activation, m.activation in ACTIVATIONS, _one_of(ACTIVATIONS)),
-        ("model.dropout", m.dropout, 0 <= m.dropout < 1, "a rate in [0, 1)"),
-        ("optimizer.learning_rate", o.learning_rate, _positive(o.learning_rate),
-         "a number > 0"),
-        ("optimizer.weight_decay", o.weight_decay, o.weight_decay is None or o.weight_decay >= 0,
-         "null or a number >= 0"),
-        ("optimizer.clipnorm", o.clipnorm, o.clipnorm is None or _positive(o.clipnorm),
-         "null or a number > 0"),
-        ("trainer.epochs", t.epochs, t.epochs >= 1, "an integer >= 1"),
-        ("trainer.batch_size", t.batch_size, t.batch_size >= 1, "an integer >= 1"),
-        ("trainer.seed", t.seed, 0 <= t.seed < 2**32, "an integer in [0, 2**32)"),
-        ("trainer.steps_per_execution", t.steps_per_execution, t.steps_per_execution >= 1,
-         "an integer >= 1 (1: a Python round trip per batch)"),
-        ("trainer.eval_batch_size", t.eval_batch_size, t.eval_batch_size >= 1,
-         "an integer >= 1"),
-        ("trainer.threads", t.threads, t.threads >= 0, "an integer >= 0 (0: TensorFlow's choice)"),
-        ("trainer.label_smoothing", t.label_smoothing, 0 <= t.label_smoothing < 1,
-         "a number in [0, 1) (0: plain one-hot targets)"),
-        ("trainer.lr_schedule.name", t.lr_schedule.name, t.lr_schedule.name in SCHEDULES,
-         _one_of(SCHEDULES)),
-        ("trainer.lr_schedule.factor", t.lr_schedule.factor, 0 < t.lr_schedule.factor < 1,
-         "a number in (0, 1)"),
-        ("trainer.lr_schedule.patience", t.lr_schedule.patience, t.lr_schedule.patience >= 0,
-         "an integer >= 0"),
-        ("trainer.lr_schedule.min_lr", t.lr_schedule.min_lr,
-         t.lr_schedule.name == "none" or 0 <= t.lr_schedule.min_lr < o.learning_rate,
-         "a number >= 0, below optimizer.learning_rate"),
-        ("trainer.early_stopping.monitor", es.monitor, es.monitor in MONITORS, _one_of(MONITORS)),
-        ("trainer.early_stopping.patience", es.patience, es.patience >= 0, "an integer >= 0"),
-        ("trainer.early_stopping.min_delta", es.min_delta, es.min_delta >= 0, "a number >= 0"),
-        ("trainer.augment.max_shift", t.augment.max_shift, 0 <= t.augment.max_shift <= 8,
-         "an integer from 0 (off) to 8 pixels"),
-        ("trainer.augment.horizontal_flip", t.augment.horizontal_flip,
-         d.mirror_invariant or not t.augment.horizontal_flip,
-         f"false for {d.name}: a mirrored image changes its class (data.mirror_invariant)"),
-        ("tracking.experiment_name", c.tracking.experiment_name,
-         bool(c.tracking.experiment_name.strip()), "a non-empty name"),
-        ("tracking.register_model", c.tracking.register_model,
-         c.tracking.log_model or not c.tracking.register_model,
-         "false while tracking.log_model is false (there is no model to register)"),
-        ("tracking.registered_model_name", c.tracking.registered_model_name,
-         bool(c.tracking.registered_model_name.strip()), "a non-empty name"),
-        ("tracking.run_name", c.tracking.run_name,
-         c.tracking.run_name is None or bool(c.tracking.run_name.strip()),
-         "null or a non-empty name"),
-    ]
-    if isinstance(m, CNNConfig):
-        checks.append(("model.filters", m.filters,
-                       len(m.filters) > 0 and all(f >= 1 for f in m.filters),
-                       "a non-empty list of positive integers, e.g. [32,64]"))
-        checks.append(("model.kernel_size", m.kernel_size, 1 <= m.kernel_size <= 7,
-                       "an integer from 1 to 7"))
-    for attr, allowed in [("beta_1", "[0, 1)"), ("beta_2", "[0, 1)"), ("rho", "[0, 1)"),
-                          ("momentum", "[0, 1)")]:
-        if hasattr(o, attr):
-            value = getattr(o, attr)
-            checks.append((f"optimizer.{attr}", value, 0 <= value < 1, f"a number in {allowed}"))
-    if hasattr(o, "epsilon"):
-        checks.append(("optimizer.epsilon", o.epsilon, _positive(o.epsilon), "a number > 0"))
-    if d.max_train_samples is not None:  # settings that contradict each other
-        n_val = round(d.max_train_samples * d.validation_split)
-        checks.append(("data.validation_split", d.validation_split,
-                       1 <= n_val < d.max_train_samples,
-                       f"a split leaving 1 to {d.max_train_samples - 1} of "
-                       f"data.max_train_samples={d.max_train_samples} for validation"))
-        checks.append(("trainer.batch_size", t.batch_size,
-                       t.batch_size <= d.max_train_samples - n_val,
-                       f"at most the {d.max_train_samples - n_val} training samples left by "
-                       "data.max_train_samples and data.validation_split"))
-    for key, value, ok, allowed in checks:
-        if not ok:
-            raise ConfigError(f"{key}: got {value!r}; allowed: {allowed}")
-
-
-def _positive(x: float) -> bool:
-    return math.isfinite(x) and x > 0
-
-
-def _one_of(options: tuple[str, ...]) -> str:
-    return "one of " + ", ".join(options)
-
-
-def _choice(key: str, value: Any, options: dict) -> str:
-    return f"{key}: got {value!r}; allowed: {_one_of(tuple(options))}"
-
-
-def _key_of(e: OmegaConfBaseException) -> str:
-    return str(getattr(e, "full_key", None) or "")
+    return config.model_dump()
 
 
 def first_line(e: Exception) -> str:

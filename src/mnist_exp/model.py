@@ -6,19 +6,11 @@ Normalisation is the model's first layer, so the logged model takes raw pixels
 
 from __future__ import annotations
 
-from dataclasses import asdict
-
 import keras
 import numpy as np
 
 from mnist_exp.config import CNNConfig, MLPConfig, ModelConfig, OptimizerConfig
 from mnist_exp.data import IMAGE_SHAPE
-
-_OPTIMIZERS = {
-    "adam": keras.optimizers.Adam,
-    "sgd": keras.optimizers.SGD,
-    "rmsprop": keras.optimizers.RMSprop,
-}
 
 
 def build_model(
@@ -84,9 +76,9 @@ def one_hot_targets(model: keras.Model) -> bool:
 
 
 def build_optimizer(cfg: OptimizerConfig) -> keras.optimizers.Optimizer:
-    """The Keras optimizer named by cfg.name, with every other field as its argument."""
-    kwargs = {key: value for key, value in asdict(cfg).items() if key != "name"}
-    return _OPTIMIZERS[cfg.name](**kwargs)
+    """The Keras optimizer that cfg's schema names (its `keras_class`), with every field but
+    `name` as its argument: the schema is the only list of optimizers."""
+    return getattr(keras.optimizers, cfg.keras_class)(**cfg.model_dump(exclude={"name"}))
 
 
 def _normalization(kind: str, train_images: np.ndarray | None) -> list[keras.layers.Layer]:
