@@ -16,7 +16,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, get_args
 
-from annotated_types import Ge, Gt, Lt, MinLen
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from pydantic import (
@@ -50,10 +49,10 @@ def _exists(path: str) -> str:
 
 # Kinds of value several settings share. Integers and numbers are strict (2.5 and true are
 # no integer, true no number), as OmegaConf's typed configs were.
-Count = Annotated[StrictInt, Ge(1)]
-Fraction = Annotated[StrictFloat, Ge(0), Lt(1)]
-Positive = Annotated[StrictFloat, Gt(0)]
-Layers = Annotated[list[Count], MinLen(1)]
+Count = Annotated[StrictInt, Field(ge=1)]
+Fraction = Annotated[StrictFloat, Field(ge=0, lt=1)]
+Positive = Annotated[StrictFloat, Field(gt=0)]
+Layers = Annotated[list[Count], Field(min_length=1)]
 Name = Annotated[str, StringConstraints(pattern=r"\S"), Allowed("a non-empty name")]
 ExistingPath = Annotated[str, AfterValidator(_exists),
                          Allowed("an existing folder of IDX files or a .npz file")]

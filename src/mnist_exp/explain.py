@@ -92,8 +92,10 @@ def _lookup(raw: Any, key: str, default: Any) -> Any:
 
 
 def _phrase(annotation: Any, metadata: list, example: Any = None) -> str:
-    if get_origin(annotation) is Annotated:
+    if get_origin(annotation) is Annotated:  # Field(...) in it holds its bounds as metadata
         base, *more = get_args(annotation)
+        more = [m for item in more for m in (item.metadata if isinstance(item, FieldInfo)
+                                             else [item])]
         return _phrase(base, [*more, *metadata], example)
     said = [m.phrase for m in metadata if isinstance(m, Allowed)]
     if said:
