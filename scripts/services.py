@@ -263,9 +263,16 @@ def main() -> None:
     names = ORDER if args.service == "all" else (args.service,)
     try:
         if args.action == "up":
-            for name in names:
-                recorded = up(name, args.folder)
-                print(f"{name} up (pid {recorded['pid']})", file=sys.stderr)
+            started = []
+            try:
+                for name in names:
+                    recorded = up(name, args.folder)
+                    started.append(name)
+                    print(f"{name} up (pid {recorded['pid']})", file=sys.stderr)
+            except BaseException:  # all or nothing: stop what this command started
+                for name in reversed(started):
+                    down(name, args.folder)
+                raise
         elif args.action == "down":
             for name in reversed(names):
                 down(name, args.folder)
