@@ -132,6 +132,9 @@ def test_threads_are_shared_between_parallel_jobs():
     assert threads_per_job({"n_jobs": 4}, cores=2) == 1
     assert threads_per_job({"n_jobs": -1}, cores=8) == 1
     assert threads_per_job({}, cores=8) == 0 and threads_per_job({"n_jobs": 1}, cores=8) == 0
+    # cluster launchers: the cores booked for each job (SLURM cpus_per_task, Ray num_cpus)
+    assert threads_per_job({"cpus_per_task": 4}, cores=2) == 4
+    assert threads_per_job({"ray": {"remote": {"num_cpus": 2}}}, cores=16) == 2
 
 
 @pytest.mark.parametrize("launcher", [(), ("hydra/launcher=joblib", "hydra.launcher.n_jobs=2")],

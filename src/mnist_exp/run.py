@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 import traceback
+import warnings
 from pathlib import Path
 
 import hydra
@@ -50,6 +51,9 @@ _HYDRA_FLAGS = ("-m", "--multirun", "-h", "--help", "--hydra-help", "-c", "--cfg
 def main() -> None:
     """`python -m mnist_exp.run`: check the overrides, then hand over to Hydra."""
     args = sys.argv[1:]
+    # conf/hydra/launcher/ray.yaml shares the Ray plugin's name, on purpose (one name to
+    # type); Hydra 1.3 warns about that on every sweep.
+    warnings.filterwarnings("ignore", message=".*is validated against ConfigStore schema")
     flags = {a.split("=")[0] for a in args if a.startswith("-")}
     try:
         if not flags & set(_HYDRA_FLAGS):

@@ -153,6 +153,8 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
     tracking server does not answer: MLflow's own client would retry for minutes, after
     the data was loaded."""
     check_usable(uri)
+    if uri.startswith(("postgresql", "mysql", "mssql")):
+        return _check_database(uri, timeout)
     if not uri.startswith(("http://", "https://")):
         return
     try:
@@ -164,6 +166,39 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
         raise TrackingError(f"tracking server {redact(uri)} does not answer ({reason}); start "
                             "it, or set tracking.uri or MLFLOW_TRACKING_URI to a reachable "
                             "store") from None
+
+
+def _check_database(uri: str, timeout: float) -> None:
+    """A database URI: connect once, so a wrong host, password or database name costs one
+    line, not SQLAlchemy's page of traceback after the data was loaded."""
+    import sqlalchemy
+
+    args = {"connect_timeout": int(timeout)} if uri.startswith("postgresql") else {}
+    try:
+        sqlalchemy.create_engine(uri, connect_args=args).connect().close()
+    except Exception as e:
+        reason = str(getattr(e, "orig", None) or e).strip().splitlines()[-1]
+        raise TrackingError(f"tracking database {redact(uri)} cannot be used: "
+                            f"{reason.removeprefix('FATAL:').strip()}") from None
+
+
+def check_artifact_store(uri: str, run_id: str) -> None:
+    """Ask a tracking server to list a run's artifacts: a bucket or folder behind it that
+    does not exist shows now, not when the first job uploads its model."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    import mlflow
+
+    try:
+        mlflow.MlflowClient(uri).list_artifacts(run_id)
+    except Exception as e:
+        response = getattr(e, "response", None)
+        try:
+            reason = response.json()["message"]
+        except Exception:
+            reason = str(e).splitlines()[0]
+        raise TrackingError(f"the artifact store of tracking server {redact(uri)} cannot be "
+                            f"used: {reason}") from None
 
 
 def redact(text: str) -> str:

@@ -23,10 +23,15 @@ from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
+from omegaconf.errors import InterpolationResolutionError
 
+from mnist_exp.cluster import check_partition, cores_per_job, is_slurm, quiet_submitit
+from mnist_exp.config import UserError
 from mnist_exp.store import (
     SweepInfo,
+    TrackingError,
     allow_concurrent_writers,
+    check_artifact_store,
     check_reachable,
     prepare_experiment,
     read_sweep_info,
@@ -38,7 +43,10 @@ CHAMPION = "champion"
 
 
 def threads_per_job(launcher: DictConfig | dict, cores: int | None = None) -> int:
-    """TensorFlow threads for one of several jobs sharing this machine (0: no cap)."""
+    """TensorFlow threads for one of several jobs sharing this machine, or the cores a
+    cluster launcher books for each (0: no cap)."""
+    if booked := cores_per_job(launcher):
+        return booked
     n_jobs = launcher.get("n_jobs") if launcher else None
     cores = cores or os.cpu_count() or 1
     if not n_jobs or n_jobs == 1:
@@ -69,13 +77,36 @@ def _crown(client, name: str, run_id: str) -> None:
         print(f"models:/{name}@{CHAMPION} is now version {versions[0].version}")
 
 
+def _tracking_uri(config: DictConfig) -> str:
+    try:
+        configured = config.tracking.uri
+    except InterpolationResolutionError as e:  # tracking=team without MLFLOW_TRACKING_URI
+        reason = str(e).splitlines()[0].split(": ", 1)[-1].strip('"')
+        raise TrackingError(f"tracking.uri: {reason}") from None
+    return resolve_tracking_uri(configured, Path.cwd())
+
+
 class MlflowSweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """Open the store and the parent run. A mistake found here (a server that does not
+        answer, a missing database or bucket, an unknown SLURM partition) ends the sweep
+        with one line before any job starts: Hydra turns a callback's exception into a
+        warning and launches the jobs anyway, so this exits instead."""
+        try:
+            self._start(config)
+        except UserError as e:
+            print(f"mnist-exp: error: {e}", file=sys.stderr)
+            raise SystemExit(2) from None
+
+    def _start(self, config: DictConfig) -> None:
         import mlflow
 
         sweep_dir = Path(config.hydra.sweep.dir)
-        uri = resolve_tracking_uri(config.tracking.uri, Path.cwd())
+        uri = _tracking_uri(config)
         check_reachable(uri)
+        if is_slurm(config.hydra.launcher):
+            quiet_submitit()
+            check_partition(config.hydra.launcher.partition)
         experiment_id = prepare_experiment(uri, config.tracking.experiment_name)
         allow_concurrent_writers(uri)
         sweep_id = "/".join(sweep_dir.parts[-2:])  # e.g. 2026-11-24/10-31-07
@@ -83,6 +114,11 @@ class MlflowSweepCallback(Callback):
             experiment_id, run_name=f"sweep {sweep_id}",
             tags={"mnist_exp.sweep": "parent", "sweep.id": sweep_id,
                   "command": " ".join(["python -m mnist_exp.run", *sys.argv[1:]])})
+        try:
+            check_artifact_store(uri, parent.info.run_id)
+        except TrackingError:
+            mlflow.MlflowClient(uri).set_terminated(parent.info.run_id, "FAILED")
+            raise
         sweep_dir.mkdir(parents=True, exist_ok=True)
         info = SweepInfo(uri, experiment_id, parent.info.run_id, sweep_id)
         atexit.register(_end_if_open, info)

@@ -167,14 +167,17 @@ def log_files(*paths: Path | None) -> None:
 
 
 def _retrying(write: Callable[[], Any], attempts: int = 6) -> Any:
-    """An MLflow write that parallel jobs on one SQLite store can collide on: two jobs
-    inserting the same dataset at once (a UNIQUE constraint fails for the second; on retry
-    it finds the first's row), or the database briefly locked. Retried with backoff."""
+    """An MLflow write that parallel jobs on one store can collide on: two jobs inserting
+    the same dataset at once (a unique constraint fails for the second, in SQLite or, through
+    a tracking server, in PostgreSQL; on retry it finds the first's row), or a SQLite
+    database briefly locked. Retried with backoff."""
     for attempt in range(attempts):
         try:
             return write()
         except mlflow.exceptions.MlflowException as e:
-            collided = "UNIQUE constraint failed" in str(e) or "database is locked" in str(e)
+            collided = any(sign in str(e) for sign in (
+                "UNIQUE constraint failed", "database is locked",
+                "duplicate key value violates unique constraint"))
             if not collided or attempt == attempts - 1:
                 raise
             time.sleep(0.1 * 2**attempt * (1 + random.random()))
