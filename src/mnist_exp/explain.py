@@ -32,7 +32,7 @@ def allowed(field: FieldInfo) -> str:
 def conflict(key: str, value: Any, allowed: str) -> PydanticCustomError:
     """A cross-field rule's finding, for a model validator to raise: `key` (relative to the
     section validated) got `value`, and `allowed` says what would agree with the rest."""
-    return PydanticCustomError("conflict", "{key}: got {value!r}; allowed: {allowed}",
+    return PydanticCustomError("conflict", "{key}: {allowed}",
                                {"key": key, "value": value, "allowed": allowed})
 
 
@@ -54,8 +54,8 @@ def sentence(error: dict, raw: dict, root: type[BaseModel]) -> str:
         return f"{key}: missing; the config needs a '{key}' section"
     if kind == "conflict":
         ctx = error["ctx"]
-        return f"{'.'.join(filter(None, [key, ctx['key']]))}: got {ctx['value']!r}; " \
-               f"allowed: {ctx['allowed']}"
+        where = f"{key}.{ctx['key']}" if key else ctx["key"]
+        return f"{where}: got {ctx['value']!r}; allowed: {ctx['allowed']}"
     if kind.startswith("union_tag"):  # no `name`, or an unknown one, in a family of options
         key = f"{key}.name"
         names = ", ".join(options(field.annotation))
