@@ -31,9 +31,21 @@ class SweepInfo:
     experiment_id: str
     parent_run_id: str
     sweep_id: str
+    resumed: bool = False  # a re-run into the same folder: jobs already FINISHED are skipped
 
     def save(self, sweep_dir: Path) -> None:
         (sweep_dir / SWEEP_FILE).write_text(json.dumps(asdict(self)))
+
+
+def claim_sweep_dir(sweep_dir: Path) -> bool:
+    """Create the sweep's record file, empty, if no sweep holds the folder yet (atomically:
+    of two sweeps started into one folder, exactly one gets it); False if one does."""
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        (sweep_dir / SWEEP_FILE).open("x").close()
+    except FileExistsError:
+        return False
+    return True
 
 
 def read_sweep_info(sweep_dir: Path) -> SweepInfo | None:
