@@ -2,7 +2,7 @@
 
     choice(a, b, ...)            -> categorical
     range(start, stop[, step])   -> int (or float) steps; shuffle(range(...)) -> categorical
-    interval(low, high)          -> float, or int when both ends are ints
+    interval(low, high)          -> float (Hydra's intervals are always float)
     tag(log, interval(...))      -> the same on a log scale
     anything else                -> a fixed value passed to every trial
 
@@ -56,10 +56,7 @@ def _distribution(override: Override) -> BaseDistribution:
         return IntDistribution(int(value.start), int(value.start) + steps * int(value.step),
                                step=int(value.step))
     if override.is_interval_sweep():
-        log = "log" in value.tags
-        if isinstance(value.start, int) and isinstance(value.end, int):
-            return IntDistribution(value.start, value.end, log=log)
-        return FloatDistribution(float(value.start), float(value.end), log=log)
+        return FloatDistribution(float(value.start), float(value.end), log="log" in value.tags)
     raise ValueError(f"{override.input_line}: not a sweep Optuna can search")
 
 
