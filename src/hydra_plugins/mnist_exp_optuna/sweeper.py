@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -57,13 +58,18 @@ class OptunaSweeper(Sweeper):
             resolve_storage,
         )
 
-        space, fixed = parse_params([*(f"{k}={v}" for k, v in self.params.items()), *arguments])
         url = resolve_storage(self.storage, Path.cwd())
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # we say what happens, once
-        study = optuna.create_study(
-            study_name=self.study_name, storage=open_storage(url), direction=self.direction,
-            sampler=make_sampler(self.sampler["name"], self.sampler.get("seed")),
-            pruner=make_pruner(**self.pruner), load_if_exists=True)
+        try:
+            space, fixed = parse_params([*(f"{k}={v}" for k, v in self.params.items()),
+                                         *arguments])
+            study = optuna.create_study(
+                study_name=self.study_name, storage=open_storage(url), direction=self.direction,
+                sampler=make_sampler(self.sampler["name"], self.sampler.get("seed")),
+                pruner=make_pruner(**self.pruner), load_if_exists=True)
+        except Exception as e:  # a bad search space, sampler, pruner or storage: one line
+            print(f"mnist-exp: error: {str(e).strip().splitlines()[0]}", file=sys.stderr)
+            raise SystemExit(2) from None
         _fail_abandoned(study)
         done = _counted(study)
         log.info("Optuna study %r in %s: %d of %d trials done%s", self.study_name, url, done,
