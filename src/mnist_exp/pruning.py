@@ -39,7 +39,8 @@ class PruneTrial(keras.callbacks.Callback):
         if value is None:
             return
         self.trial.report(float(value), step=epoch)
-        if self.trial.should_prune():
+        last = epoch + 1 >= self.params.get("epochs", 0)  # nothing left to save: let it finish
+        if not last and self.trial.should_prune():
             self.pruned_at = epoch + 1
             self.trial.set_user_attr("pruned_at_epoch", self.pruned_at)
             mlflow.set_tag(PRUNED_TAG, "true")
