@@ -76,7 +76,13 @@ class OptunaSweeper(Sweeper):
                  self.n_trials, "; continuing it" if done else "")
         job = 0
         while (to_go := self.n_trials - _counted(study)) > 0:
-            trials = [study.ask(space) for _ in range(min(self.n_jobs, to_go))]
+            try:
+                trials = [study.ask(space) for _ in range(min(self.n_jobs, to_go))]
+            except ValueError as e:  # e.g. other choices than the study's earlier trials had
+                print(f"mnist-exp: error: study {self.study_name!r} in {url}: {e} (its search "
+                      "space changed: start a new study with hydra.sweeper.study_name=...)",
+                      file=sys.stderr)
+                raise SystemExit(2) from None
             overrides = [(*(as_override(k, v) for k, v in t.params.items()),
                           *(f"{k}={v}" for k, v in fixed.items()),
                           f"++hydra.job.env_set.{TRIAL_ENV}={t._trial_id}")
