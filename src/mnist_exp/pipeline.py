@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mnist_exp import plots, tracking
+from mnist_exp import plots, pruning, tracking
 from mnist_exp.checkpoints import checkpoint_for
 from mnist_exp.config import CNNConfig, Config
 from mnist_exp.data import Dataset, load_dataset
@@ -30,6 +30,7 @@ from mnist_exp.store import (
     redact,
     resolve_tracking_uri,
 )
+from mnist_exp.study import TrialLink
 from mnist_exp.train import execution_settings, fit, setup_runtime
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,7 @@ class RunContext:
     import_seconds: float | None = None  # the entry point's import of the training stack
     sweep: SweepInfo | None = None  # the sweep this run is a job of
     job_number: int | None = None
+    trial: TrialLink | None = None  # the Optuna trial this run is, to report its epochs to
 
 
 @dataclass(frozen=True)
@@ -119,7 +121,8 @@ def run_experiment(config: Config, context: RunContext = RunContext()) -> RunRes
                 tracking.log_config(config, context.hydra_dir)
                 tracking.log_datasets(data)
         with clock("train"):
-            history = fit(model, data, t, callbacks=[tracking.EpochLogger()],
+            history = fit(model, data, t,
+                          callbacks=[tracking.EpochLogger(), *pruning.callbacks_for(context.trial)],
                           verbose=1 if context.progress_bar else 2,
                           backup_dir=checkpoint.backup_dir)
         if resume_id is not None:  # the curves need the epochs from before the interruption

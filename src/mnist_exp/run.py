@@ -31,7 +31,8 @@ from mnist_exp.config import ConfigError, UserError, first_line, parse_config
 from mnist_exp.native_log import quiet_native_startup
 from mnist_exp.preflight import check_fits_memory
 from mnist_exp.store import check_reachable, read_sweep_info, resolve_tracking_uri
-from mnist_exp.sweep import threads_per_job
+from mnist_exp.study import TRIAL_ENV, TrialLink, resolve_storage
+from mnist_exp.sweep import finished_job, record_failed_job, threads_per_job
 
 log = logging.getLogger("mnist_exp")
 
@@ -132,6 +133,12 @@ def experiment(cfg: DictConfig) -> float:
     """
     hydra_cfg = HydraConfig.get()
     sweeping = hydra_cfg.mode == RunMode.MULTIRUN
+    started_ms = int(time.time() * 1000)
+    if sweeping:
+        Path(hydra_cfg.runtime.output_dir, "FAILED").unlink(missing_ok=True)  # an earlier try's
+        done = _finished_before(hydra_cfg)
+        if done is not None:
+            return done
     try:
         config = parse_config(cfg)
         if sweeping and not config.trainer.threads:  # parallel jobs share the cores
@@ -151,6 +158,7 @@ def experiment(cfg: DictConfig) -> float:
             _exit_with(message, code=2 if isinstance(e, UserError) else 1)
         log.error("job failed: %s", message)
         (output_dir / "FAILED").write_text(f"{type(e).__name__}: {e}\n")
+        _record_failure(hydra_cfg, f"{type(e).__name__}: {e}", started_ms)
         return math.nan
     except KeyboardInterrupt:
         print("mnist-exp: interrupted; the MLflow run (if one had started) is marked KILLED "
@@ -159,6 +167,30 @@ def experiment(cfg: DictConfig) -> float:
         raise SystemExit(130) from None
     _print_summary(result)
     return result.val_accuracy
+
+
+def _finished_before(hydra_cfg) -> float | None:
+    """In a resumed sweep, the validation accuracy of this job's earlier FINISHED run."""
+    info = read_sweep_info(Path(hydra_cfg.sweep.dir))
+    if info is None or not info.resumed:
+        return None
+    done = finished_job(info, list(hydra_cfg.overrides.task))
+    if done is None:
+        return None
+    log.info("job %s already finished in MLflow run %s: skipped", hydra_cfg.job.num, done[0])
+    return done[1]
+
+
+def _record_failure(hydra_cfg, reason: str, started_ms: int) -> None:
+    """A FAILED MLflow run for a sweep's job that failed before its run started."""
+    info = read_sweep_info(Path(hydra_cfg.sweep.dir))
+    if info is None:
+        return
+    try:
+        record_failed_job(info, hydra_cfg.job.get("num"), list(hydra_cfg.overrides.task),
+                          reason, started_ms)
+    except Exception as e:  # the FAILED file and the sweep's summary still tell
+        log.warning("could not record the failed job in MLflow: %s", e)
 
 
 def _exit_with(error: UserError | str, code: int = 2) -> None:
@@ -198,7 +230,21 @@ def _context(import_seconds: float):
         import_seconds=import_seconds,
         sweep=sweep,
         job_number=hydra_cfg.job.get("num"),
+        trial=_trial_link(hydra_cfg),
     )
+
+
+def _trial_link(hydra_cfg) -> TrialLink | None:
+    """For an Optuna trial's job: its study and trial, to report epochs to the pruner. The
+    sweeper puts the trial's id in the environment (hydra.job.env_set); its own config says
+    where the study is."""
+    trial_id = os.environ.get(TRIAL_ENV)
+    if hydra_cfg.mode != RunMode.MULTIRUN or not trial_id:
+        return None
+    sweeper = hydra_cfg.sweeper
+    return TrialLink(storage=resolve_storage(sweeper.get("storage"), Path(hydra_cfg.runtime.cwd)),
+                     study_name=sweeper.study_name, trial_id=int(trial_id),
+                     pruner=dict(sweeper.get("pruner") or {}))
 
 
 def _print_summary(result) -> None:

@@ -6,6 +6,7 @@ TensorFlow and MLflow take their seconds to import.
 
 from __future__ import annotations
 
+import fcntl
 import importlib.util
 import json
 import logging
@@ -13,6 +14,8 @@ import os
 import re
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -32,9 +35,21 @@ class SweepInfo:
     experiment_id: str
     parent_run_id: str
     sweep_id: str
+    resumed: bool = False  # a re-run into the same folder: jobs already FINISHED are skipped
 
     def save(self, sweep_dir: Path) -> None:
         (sweep_dir / SWEEP_FILE).write_text(json.dumps(asdict(self)))
+
+
+def claim_sweep_dir(sweep_dir: Path) -> bool:
+    """Create the sweep's record file, empty, if no sweep holds the folder yet (atomically:
+    of two sweeps started into one folder, exactly one gets it); False if one does."""
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        (sweep_dir / SWEEP_FILE).open("x").close()
+    except FileExistsError:
+        return False
+    return True
 
 
 def read_sweep_info(sweep_dir: Path) -> SweepInfo | None:
@@ -72,14 +87,30 @@ def prepare_experiment(uri: str, name: str) -> str:
     # A new store announces its table creation and migrations at INFO: not the user's news.
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
     mlflow.set_tracking_uri(uri)
-    client = mlflow.MlflowClient()
-    experiment = client.get_experiment_by_name(name)
-    if experiment is None:
-        return client.create_experiment(name, artifact_location=artifact_root(uri))
+    with _creating(uri):
+        client = mlflow.MlflowClient()
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            return client.create_experiment(name, artifact_location=artifact_root(uri))
     if experiment.lifecycle_stage == "deleted":
         raise TrackingError(f"MLflow experiment {name!r} is deleted; restore it in mlflow ui or "
                             "set tracking.experiment_name to another name")
     return experiment.experiment_id
+
+
+@contextmanager
+def _creating(uri: str) -> Iterator[None]:
+    """For a SQLite store, hold <db>.lock while the tables and the experiment are made: two
+    sweeps started together on a new store otherwise both run its migrations (one fails
+    with "duplicate column name")."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    database = Path(uri.removeprefix("sqlite:///").split("?")[0])
+    database.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{database}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        yield
 
 
 def join_experiment(uri: str, experiment_id: str) -> str:

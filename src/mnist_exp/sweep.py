@@ -9,6 +9,12 @@ validation accuracy, attaches the table and a comparison plot to the parent, pri
 best config, ends the parent run, and makes the sweep exit non-zero if a job failed. A
 sweep stopped by Ctrl-C leaves its parent and its open jobs KILLED, never RUNNING.
 
+A sweep folder holds one sweep: its record is created exclusively, so a second sweep into
+the same folder stops with one line, unless it resumes it
+(hydra.callbacks.mlflow_sweep.resume=true): then the parent run is reopened, jobs whose
+identical overrides already FINISHED in it are skipped (`finished_job`), and the others run
+again under the same parent.
+
 Registered in conf/hydra/default.yaml; it only acts in multirun mode.
 """
 
@@ -18,6 +24,7 @@ import atexit
 import logging
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +35,13 @@ from omegaconf.errors import InterpolationResolutionError
 from mnist_exp.cluster import check_partition, cores_per_job, is_slurm, quiet_submitit
 from mnist_exp.config import UserError
 from mnist_exp.store import (
+    SWEEP_FILE,
     SweepInfo,
     TrackingError,
     allow_concurrent_writers,
     check_artifact_store,
     check_reachable,
+    claim_sweep_dir,
     prepare_experiment,
     read_sweep_info,
     resolve_tracking_uri,
@@ -69,12 +78,91 @@ def _end_if_open(info: SweepInfo) -> None:
             client.set_terminated(run.info.run_id, "KILLED")
 
 
-def _crown(client, name: str, run_id: str) -> None:
-    """Give the alias `champion` to the registered version of the sweep's best run."""
-    versions = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
-    if versions:
-        client.set_registered_model_alias(name, CHAMPION, versions[0].version)
-        print(f"models:/{name}@{CHAMPION} is now version {versions[0].version}")
+def _crown(client, name: str, best) -> None:
+    """Give the alias `champion` to the registered version of the sweep's best run (a
+    report.Row), only if it beats the current champion's validation accuracy on the same
+    dataset; otherwise the alias stays, and the console says why."""
+    from mlflow.exceptions import MlflowException
+
+    versions = client.search_model_versions(f"name = '{name}' and run_id = '{best.run_id}'")
+    if not versions:
+        return
+    try:
+        current = client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:  # no champion yet
+        current = None
+    if current is not None and current.run_id != best.run_id:
+        held = client.get_run(current.run_id).data
+        its_data, our_data = held.params.get("data.name"), best.params.get("data.name")
+        its_score = held.metrics.get("final_val_accuracy")
+        if its_data != our_data:
+            print(f"models:/{name}@{CHAMPION} stays version {current.version}: it was trained "
+                  f"on {its_data}, this sweep on {our_data}, so their scores do not compare")
+            return
+        if its_score is not None and best.val_accuracy <= its_score:
+            print(f"models:/{name}@{CHAMPION} stays version {current.version} (validation "
+                  f"accuracy {its_score:.4f}); this sweep's best reached {best.val_accuracy:.4f}")
+            return
+    client.set_registered_model_alias(name, CHAMPION, versions[0].version)
+    was = f" (was version {current.version})" if current is not None else ""
+    print(f"models:/{name}@{CHAMPION} is now version {versions[0].version}{was}")
+
+
+def finished_job(info: SweepInfo, overrides: list[str]) -> tuple[str, float] | None:
+    """In a resumed sweep: the run id and validation accuracy of a FINISHED job of this
+    sweep with exactly these overrides, if there is one."""
+    import mlflow
+
+    from mnist_exp.store import redact
+
+    wanted = redact(" ".join(overrides))
+    for run in mlflow.MlflowClient(info.tracking_uri).search_runs(
+            [info.experiment_id], f"tags.`mlflow.parentRunId` = '{info.parent_run_id}' and "
+            "attributes.status = 'FINISHED'"):
+        value = run.data.metrics.get("final_val_accuracy")
+        if run.data.tags.get("overrides") == wanted and value is not None:
+            return run.info.run_id, value
+    return None
+
+
+def record_failed_job(info: SweepInfo, job: int | None, overrides: list[str], reason: str,
+                      since_ms: int) -> None:
+    """A job that failed before its MLflow run existed (e.g. a sampled value the config
+    schema refuses) still gets a FAILED run under the sweep's parent, with its reason."""
+    import mlflow
+    from mlflow.entities import Param
+
+    from mnist_exp.store import redact
+
+    client = mlflow.MlflowClient(info.tracking_uri)
+    if client.search_runs([info.experiment_id],
+                          f"tags.`mlflow.parentRunId` = '{info.parent_run_id}' and "
+                          f"tags.`sweep.job` = '{job}' and attributes.start_time >= {since_ms}"):
+        return  # the run exists and ended FAILED itself
+    run = client.create_run(info.experiment_id, run_name=redact(" ".join(overrides))[:250],
+                            tags={"mlflow.parentRunId": info.parent_run_id,
+                                  "sweep.id": info.sweep_id, "sweep.job": str(job),
+                                  "overrides": redact(" ".join(overrides)),
+                                  "error": reason[:5000]})
+    params = [Param(k.lstrip("+~"), redact(v)[:6000])
+              for k, _, v in (o.partition("=") for o in overrides)]
+    client.log_batch(run.info.run_id, params=params)
+    client.set_terminated(run.info.run_id, "FAILED")
+
+
+def _superseded(client, info: SweepInfo) -> set[str]:
+    """In a resumed sweep, the earlier runs of jobs that ran again (same overrides)."""
+    runs = client.search_runs([info.experiment_id],
+                              f"tags.`mlflow.parentRunId` = '{info.parent_run_id}'",
+                              order_by=["attributes.start_time DESC"])
+    seen: set[str | None] = set()
+    older: set[str] = set()
+    for run in runs:  # newest first
+        key = run.data.tags.get("overrides")
+        if key in seen:
+            older.add(run.info.run_id)
+        seen.add(key)
+    return older
 
 
 def _tracking_uri(config: DictConfig) -> str:
@@ -87,6 +175,9 @@ def _tracking_uri(config: DictConfig) -> str:
 
 
 class MlflowSweepCallback(Callback):
+    def __init__(self, resume: bool = False) -> None:
+        self.resume = resume
+
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         """Open the store and the parent run. A mistake found here (a server that does not
         answer, a missing database or bucket, an unknown SLURM partition) ends the sweep
@@ -102,6 +193,14 @@ class MlflowSweepCallback(Callback):
         import mlflow
 
         sweep_dir = Path(config.hydra.sweep.dir)
+        if self.resume and read_sweep_info(sweep_dir) is not None:
+            self._reopen(sweep_dir)
+            return
+        if not claim_sweep_dir(sweep_dir):
+            print(f"mnist-exp: error: {sweep_dir} already holds a sweep ({SWEEP_FILE}); choose "
+                  "another hydra.sweep.dir, or add hydra.callbacks.mlflow_sweep.resume=true "
+                  "to continue that one", file=sys.stderr)
+            raise SystemExit(2)
         uri = _tracking_uri(config)
         check_reachable(uri)
         if is_slurm(config.hydra.launcher):
@@ -109,7 +208,7 @@ class MlflowSweepCallback(Callback):
             check_partition(config.hydra.launcher.partition)
         experiment_id = prepare_experiment(uri, config.tracking.experiment_name)
         allow_concurrent_writers(uri)
-        sweep_id = "/".join(sweep_dir.parts[-2:])  # e.g. 2026-11-24/10-31-07
+        sweep_id = "/".join(sweep_dir.parts[-2:])  # e.g. 2026-11-24/10-31-07-123456
         parent = mlflow.MlflowClient(uri).create_run(
             experiment_id, run_name=f"sweep {sweep_id}",
             tags={"mnist_exp.sweep": "parent", "sweep.id": sweep_id,
@@ -119,11 +218,21 @@ class MlflowSweepCallback(Callback):
         except TrackingError:
             mlflow.MlflowClient(uri).set_terminated(parent.info.run_id, "FAILED")
             raise
-        sweep_dir.mkdir(parents=True, exist_ok=True)
         info = SweepInfo(uri, experiment_id, parent.info.run_id, sweep_id)
         atexit.register(_end_if_open, info)
         info.save(sweep_dir)
         log.info("Sweep %s: MLflow parent run %s", sweep_id, parent.info.run_id)
+
+    def _reopen(self, sweep_dir: Path) -> None:
+        """Continue the sweep recorded in sweep_dir: its parent run RUNNING again."""
+        import mlflow
+
+        info = replace(read_sweep_info(sweep_dir), resumed=True)
+        check_reachable(info.tracking_uri)
+        mlflow.MlflowClient(info.tracking_uri).update_run(info.parent_run_id, "RUNNING")
+        atexit.register(_end_if_open, info)
+        info.save(sweep_dir)
+        log.info("Resuming sweep %s: MLflow parent run %s", info.sweep_id, info.parent_run_id)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         import mlflow
@@ -135,6 +244,8 @@ class MlflowSweepCallback(Callback):
             return
         client = mlflow.MlflowClient(info.tracking_uri)
         rows = report.rank(report.load_rows(client, [info.experiment_id], info.parent_run_id))
+        if info.resumed:  # a job that ran again counts once, as it ended now
+            rows = [r for r in rows if r.run_id not in _superseded(client, info)]
         keys = report.differing_params(rows)
         # A job can fail before its run exists (e.g. a bad value in the sweep): each failed
         # job leaves a FAILED file in its folder (run.py).
@@ -153,11 +264,15 @@ class MlflowSweepCallback(Callback):
             client.set_tag(info.parent_run_id, "best_run_id", best.run_id)
             client.set_tag(info.parent_run_id, "best_config", report.describe(best, keys))
             if config.tracking.get("register_model"):
-                _crown(client, config.tracking.registered_model_name, best.run_id)
+                _crown(client, config.tracking.registered_model_name, best)
         client.set_terminated(info.parent_run_id, "FINISHED" if best else "FAILED")
         atexit.unregister(_end_if_open)
         finished = sum(r.status == "FINISHED" for r in rows)
-        print(f"\nSweep {info.sweep_id}: {finished} jobs finished, {len(failed)} failed; "
+        pruned = len(client.search_runs(
+            [info.experiment_id], f"tags.`mlflow.parentRunId` = '{info.parent_run_id}' and "
+            "tags.`optuna.pruned` = 'true'"))
+        print(f"\nSweep {info.sweep_id}: {finished} jobs finished"
+              f"{f' ({pruned} pruned by Optuna)' if pruned else ''}, {len(failed)} failed; "
               f"ranking and plot on MLflow run {info.parent_run_id}")
         if best is not None:
             print(f"Best by validation accuracy ({best.val_accuracy:.4f}; test "

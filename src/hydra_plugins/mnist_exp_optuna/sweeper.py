@@ -1,0 +1,151 @@
+"""Optuna search as a Hydra sweeper, on Optuna's ask/tell API.
+
+Only this process touches the study's trials: it asks for a batch of n_jobs trials,
+launches them as Hydra jobs (in turn, or at once with a parallel launcher), and tells each
+one's end. A trial that answers NaN, raises, or is refused by the config schema is told
+FAIL with its reason and the search goes on; one that the pruner stopped is told PRUNED.
+The study is kept in an RDB storage (mnist_exp.study), so the same command again continues
+it: finished trials count toward n_trials and are not run again.
+
+Each job learns its trial's id from the environment variable MNIST_EXP_OPTUNA_TRIAL, set
+through the override hydra.job.env_set.<name>: a Hydra setting, so it reaches a job in any
+process or machine, and never enters the job's own config, run name or MLflow params.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+from hydra.core.plugins import Plugins
+from hydra.core.utils import JobReturn
+from hydra.plugins.sweeper import Sweeper
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig
+
+log = logging.getLogger(__name__)
+
+
+class OptunaSweeper(Sweeper):
+    def __init__(self, direction: str, study_name: str, storage: str | None, n_trials: int,
+                 n_jobs: int, sampler: DictConfig, pruner: DictConfig,
+                 params: DictConfig | None) -> None:
+        self.direction, self.study_name, self.storage = direction, study_name, storage
+        self.n_trials, self.n_jobs = n_trials, max(1, n_jobs)
+        self.sampler, self.pruner = dict(sampler), dict(pruner)
+        self.params = dict(params or {})
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
+              config: DictConfig) -> None:
+        self.config = config
+        self.launcher = Plugins.instance().instantiate_launcher(
+            config=config, hydra_context=hydra_context, task_function=task_function)
+        self.sweep_dir = Path(config.hydra.sweep.dir)
+
+    def sweep(self, arguments: list[str]) -> None:
+        import optuna
+
+        from hydra_plugins.mnist_exp_optuna import results
+        from hydra_plugins.mnist_exp_optuna.space import as_override, parse_params
+        from mnist_exp.study import (
+            TRIAL_ENV,
+            make_pruner,
+            make_sampler,
+            open_storage,
+            resolve_storage,
+        )
+
+        url = resolve_storage(self.storage, Path.cwd())
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # we say what happens, once
+        try:
+            space, fixed = parse_params([*(f"{k}={v}" for k, v in self.params.items()),
+                                         *arguments])
+            study = optuna.create_study(
+                study_name=self.study_name, storage=open_storage(url), direction=self.direction,
+                sampler=make_sampler(self.sampler["name"], self.sampler.get("seed")),
+                pruner=make_pruner(**self.pruner), load_if_exists=True)
+        except Exception as e:  # a bad search space, sampler, pruner or storage: one line
+            print(f"mnist-exp: error: {str(e).strip().splitlines()[0]}", file=sys.stderr)
+            raise SystemExit(2) from None
+        _fail_abandoned(study)
+        done = _counted(study)
+        log.info("Optuna study %r in %s: %d of %d trials done%s", self.study_name, url, done,
+                 self.n_trials, "; continuing it" if done else "")
+        job = 0
+        while (to_go := self.n_trials - _counted(study)) > 0:
+            try:
+                trials = [study.ask(space) for _ in range(min(self.n_jobs, to_go))]
+            except ValueError as e:  # e.g. other choices than the study's earlier trials had
+                print(f"mnist-exp: error: study {self.study_name!r} in {url}: {e} (its search "
+                      "space changed: start a new study with hydra.sweeper.study_name=...)",
+                      file=sys.stderr)
+                raise SystemExit(2) from None
+            overrides = [(*(as_override(k, v) for k, v in t.params.items()),
+                          *(f"{k}={v}" for k, v in fixed.items()),
+                          f"++hydra.job.env_set.{TRIAL_ENV}={t._trial_id}")
+                         for t in trials]
+            returns = self.launcher.launch(overrides, initial_job_idx=job)
+            job += len(returns)
+            for trial, ret in zip(trials, returns, strict=True):
+                _tell(study, trial, ret)
+        results.record(study, self.sweep_dir)
+
+
+def _tell(study: Any, trial: Any, ret: JobReturn) -> None:
+    """End the trial as its job ended: COMPLETE with its value, PRUNED, or FAIL (with the
+    reason as the trial's user attribute fail_reason)."""
+    from optuna.trial import TrialState
+
+    try:
+        value = float(ret.return_value)
+        reason = None if math.isfinite(value) else f"the job answered {value}"
+    except Exception as e:  # the job raised (run.py turns most errors into NaN + FAILED)
+        value, reason = math.nan, f"{type(e).__name__}: {e}"
+    failed = Path(ret.hydra_cfg.hydra.runtime.output_dir, "FAILED") if ret.hydra_cfg else None
+    if reason and failed is not None and failed.is_file():
+        reason = failed.read_text().strip()
+    if reason:
+        trial.set_user_attr("fail_reason", reason[:1000])
+        study.tell(trial, state=TrialState.FAIL)
+        log.warning("Trial %d failed: %s", trial.number, reason.splitlines()[0])
+    elif "pruned_at_epoch" in _reported(study, trial.number):
+        study.tell(trial, state=TrialState.PRUNED)
+        log.info("Trial %d pruned (val_accuracy %.4f)", trial.number, value)
+    else:
+        study.tell(trial, value)
+        log.info("Trial %d: %.4f with %s", trial.number, value,
+                 " ".join(f"{k}={v}" for k, v in trial.params.items()))
+
+
+def _reported(study: Any, number: int) -> dict[str, Any]:
+    """A running trial's user attributes as its job left them in the storage (a Trial
+    object keeps the ones it read when it was asked for)."""
+    from optuna.trial import TrialState
+
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    return next((t.user_attrs for t in running if t.number == number), {})
+
+
+def _counted(study: Any) -> int:
+    """Trials that count toward n_trials: finished ones, failures included (a failure is a
+    data point), but not those an interrupted earlier run left behind."""
+    from optuna.trial import TrialState
+
+    return sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED)
+               or (t.state == TrialState.FAIL and "abandoned" not in t.user_attrs)
+               for t in study.get_trials(deepcopy=False))
+
+
+def _fail_abandoned(study: Any) -> None:
+    """Trials still RUNNING when the search starts were left by a run that was stopped
+    (Ctrl-C, a crash): tell them FAIL so the study reads true; they are run again."""
+    from optuna.trial import TrialState
+
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        study._storage.set_trial_user_attr(t._trial_id, "abandoned", True)  # no public way
+        study.tell(t.number, state=TrialState.FAIL)
+        log.warning("Trial %d was left running by an earlier, stopped search: marked failed",
+                    t.number)
