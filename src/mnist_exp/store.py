@@ -21,6 +21,11 @@ from mnist_exp.config import UserError
 DEFAULT_DB = "mlflow.db"
 DEFAULT_ARTIFACTS = "mlruns"
 SWEEP_FILE = "mlflow_sweep.json"
+# mlflow ui (3.x) shows an experiment unmarked, or marked genai_development, in its GenAI
+# view (traces, an assistant); this value of the tag (one its bundle knows) opens the
+# model-training view: runs, charts, artifacts, models.
+EXPERIMENT_KIND = "mlflow.experimentKind"
+MODEL_TRAINING = "custom_model_development"
 _CREDENTIALS = re.compile(r"(://[^/:@\s]+):[^@/\s]*@")
 
 
@@ -62,7 +67,7 @@ def artifact_root(uri: str) -> str | None:
 
 def prepare_experiment(uri: str, name: str) -> str:
     """Point MLflow at `uri` and return the id of experiment `name`, creating it (and, for a
-    new SQLite file, the store's tables) if needed.
+    new SQLite file, the store's tables) if needed, marked as model training for mlflow ui.
 
     In a SQLite store, new experiments keep their artifacts in mlruns/ beside the
     database; a tracking server chooses its own artifact location.
@@ -75,10 +80,13 @@ def prepare_experiment(uri: str, name: str) -> str:
     client = mlflow.MlflowClient()
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
-        return client.create_experiment(name, artifact_location=artifact_root(uri))
+        return client.create_experiment(name, artifact_location=artifact_root(uri),
+                                        tags={EXPERIMENT_KIND: MODEL_TRAINING})
     if experiment.lifecycle_stage == "deleted":
         raise TrackingError(f"MLflow experiment {name!r} is deleted; restore it in mlflow ui or "
                             "set tracking.experiment_name to another name")
+    if EXPERIMENT_KIND not in experiment.tags:  # made before we marked them, or by others
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND, MODEL_TRAINING)
     return experiment.experiment_id
 
 
