@@ -1,4 +1,5 @@
-"""The final, once-only evaluation on the test set."""
+"""Scoring a model on labelled images: loss, accuracy, per-class report, confusion matrix
+(training's once-only test evaluation, and python -m mnist_exp.evaluate's)."""
 
 from __future__ import annotations
 
