@@ -29,6 +29,10 @@ MINI = LOCAL_FOLDERS["mnist_sample"]  # 8,000 / 2,000 real digits, in the packag
 # A few hundred real digits and two epochs: enough to learn something, quick to run.
 SECRET = "s3cr3t-t0ken-in-the-environment"
 TINY = ("data.max_train_samples=600", "data.max_test_samples=300", "trainer.epochs=2")
+# The tiny run's own tags and note; system metrics sampled every second, so a run of a few
+# seconds records some.
+TINY_RUN_TRACKING = ("+tracking.tags.team=vision", "tracking.description=A tiny smoke run",
+                     "tracking.system_metrics_interval=1.0")
 
 
 @pytest.fixture(scope="session")
@@ -120,7 +124,7 @@ def tiny_run(tmp_path_factory, mini) -> TinyRun:
     mnist_sample), into a temporary tracking store (default layout: mlflow.db and mlruns/
     in the launch folder)."""
     workdir = tmp_path_factory.mktemp("tiny_run")
-    process = run_module("mnist_exp.run", "data=mnist_sample", *TINY,
+    process = run_module("mnist_exp.run", "data=mnist_sample", *TINY, *TINY_RUN_TRACKING,
                          "hydra.run.dir=hydra_out", cwd=workdir,
                          env={"MNIST_EXP_TEST_SECRET": SECRET})
     assert process.returncode == 0, process.stderr[-3000:]

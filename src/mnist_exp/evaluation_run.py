@@ -20,7 +20,13 @@ from mnist_exp.config import Config, ConfigError, EvaluationConfig, first_line, 
 from mnist_exp.data import load_dataset
 from mnist_exp.predict import load_model
 from mnist_exp.scoring import evaluate
-from mnist_exp.store import check_reachable, prepare_experiment, redact, resolve_tracking_uri
+from mnist_exp.store import (
+    check_reachable,
+    open_store,
+    prepare_experiment,
+    redact,
+    resolve_tracking_uri,
+)
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +53,7 @@ def evaluate_model(config: EvaluationConfig, overrides: tuple[str, ...] = (),
     mnist_exp.kind=evaluation) whose test metrics are also the model's (model_id)."""
     uri = resolve_tracking_uri(config.tracking.uri, launch_dir or Path.cwd())
     check_reachable(uri)
-    mlflow.set_tracking_uri(uri)
+    open_store(uri)
     model, model_uri = load_model(config.model_uri, mlflow.keras.load_model)
     info = mlflow.models.get_model_info(model_uri)
     trained = training_config(info.run_id)

@@ -43,6 +43,10 @@ def _config_dir() -> Path:
 CONF_DIR = _config_dir()
 
 
+# mlflow ui 3.x opens in its GenAI view unless the URL (or the browser's memory of an earlier
+# choice) asks for the model-training one: the printed link asks.
+TRAINING_VIEW = "workflowType=machine_learning"
+
 _HYDRA_FLAGS = ("-m", "--multirun", "-h", "--help", "--hydra-help", "-c", "--cfg", "-i", "--info",
                 "--shell-completion", "-sc", "-p", "--package", "--resolve")
 
@@ -216,6 +220,7 @@ def print_run_link(result) -> None:
     print(
         f"MLflow run '{result.run_name}' ({result.run_id}) in {uri}\n"
         f"Browse: {browse}  ->  {base}/#/experiments/{result.experiment_id}/runs/{result.run_id}"
+        f"?{TRAINING_VIEW}"
     )
 
 

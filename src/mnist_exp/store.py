@@ -21,9 +21,8 @@ from mnist_exp.config import UserError
 DEFAULT_DB = "mlflow.db"
 DEFAULT_ARTIFACTS = "mlruns"
 SWEEP_FILE = "mlflow_sweep.json"
-# mlflow ui (3.x) shows an experiment unmarked, or marked genai_development, in its GenAI
-# view (traces, an assistant); this value of the tag (one its bundle knows) opens the
-# model-training view: runs, charts, artifacts, models.
+# What kind of experiment this is, for mlflow ui 3.x (a value its bundle knows): model
+# development, not GenAI. (Which view a link opens in is the URL's workflowType: run.py.)
 EXPERIMENT_KIND = "mlflow.experimentKind"
 MODEL_TRAINING = "custom_model_development"
 _CREDENTIALS = re.compile(r"(://[^/:@\s]+):[^@/\s]*@")
@@ -65,6 +64,15 @@ def artifact_root(uri: str) -> str | None:
     return (database.parent / DEFAULT_ARTIFACTS).resolve().as_uri()
 
 
+def open_store(uri: str) -> None:
+    """Point MLflow at `uri` (a new SQLite file gets its tables on first use, quietly)."""
+    import mlflow
+
+    # A new store announces its table creation and migrations at INFO: not the user's news.
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+    mlflow.set_tracking_uri(uri)
+
+
 def prepare_experiment(uri: str, name: str) -> str:
     """Point MLflow at `uri` and return the id of experiment `name`, creating it (and, for a
     new SQLite file, the store's tables) if needed, marked as model training for mlflow ui.
@@ -74,9 +82,7 @@ def prepare_experiment(uri: str, name: str) -> str:
     """
     import mlflow
 
-    # A new store announces its table creation and migrations at INFO: not the user's news.
-    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
-    mlflow.set_tracking_uri(uri)
+    open_store(uri)
     client = mlflow.MlflowClient()
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
