@@ -12,6 +12,7 @@ import mlflow
 import pytest
 
 from conftest import ROOT, serving
+from mnist_exp.run import TRAINING_VIEW
 
 pytestmark = pytest.mark.slow  # a UI server and a browser: ~40 s
 
@@ -152,9 +153,9 @@ def test_models_tab_ranks_the_logged_model_with_its_metrics(browser, ui, run, ti
     [model] = mlflow.MlflowClient(tiny_run.tracking_uri).search_logged_models(
         [run.info.experiment_id])
     accuracy = f"{run.data.metrics['test_accuracy']:.4f}"[:5]
-    text = open_and_wait(browser, f"{ui}/#/experiments/{run.info.experiment_id}/models",
-                         model.name, "test_accuracy")
-    assert accuracy in text
+    text = open_and_wait(browser, f"{ui}/#/experiments/{run.info.experiment_id}/models"
+                         f"?{TRAINING_VIEW}", "mnist_sample-test", "test_accuracy")
+    assert model.name in text.splitlines() and accuracy in text
     browser.save_screenshot(str(SCREENSHOTS / "models.png"))
 
 
@@ -164,12 +165,14 @@ def test_the_printed_link_opens_the_training_view_in_a_fresh_browser(ui, run, ti
     never seen this UI: the run's training page (metrics, charts), not the GenAI view."""
     link = next(line for line in tiny_run.process.stdout.splitlines()
                 if line.startswith("Browse:")).split("->")[1].strip()
-    assert link.endswith(f"/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}")
+    assert f"/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}?" in link
     fresh = start_browser(tmp_path / "profile")
     try:
         text = open_and_wait(fresh, ui + link.removeprefix("http://127.0.0.1:5000"),
-                             "Model metrics", "test_accuracy")
+                             "Model metrics", "System metrics", "test_accuracy")
         fresh.save_screenshot(str(SCREENSHOTS / "printed_link.png"))
     finally:
         fresh.quit()
-    assert "Traces" not in text.split("Model metrics")[0]
+    # The training view's menu (Runs, Models, Model registry), not the GenAI one's.
+    assert "Model registry" in text
+    assert not {"Agent versions", "Judges", "Playground"} & set(text.splitlines())
