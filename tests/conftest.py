@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
@@ -166,3 +167,19 @@ def serving(command: list[str], *, ready: str, cwd: Path, env: dict | None = Non
             if server.poll() is None:
                 os.killpg(server.pid, signal.SIGTERM)
                 server.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def client(tiny_run):
+    """A client of the tiny run's store, which is also MLflow's current one."""
+    mlflow.set_tracking_uri(tiny_run.tracking_uri)
+    return mlflow.MlflowClient(tiny_run.tracking_uri)
+
+
+@pytest.fixture(scope="module")
+def run(client):
+    """The tiny run, read back from its store (the only run of its experiment)."""
+    experiment = client.get_experiment_by_name("mnist_sample")
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 1
+    return runs[0]

@@ -15,18 +15,6 @@ from mnist_exp.store import EXPERIMENT_KIND, MODEL_TRAINING, prepare_experiment
 
 
 @pytest.fixture(scope="module")
-def client(tiny_run):
-    mlflow.set_tracking_uri(tiny_run.tracking_uri)
-    return mlflow.MlflowClient(tiny_run.tracking_uri)
-
-
-@pytest.fixture(scope="module")
-def run(client):
-    [run] = client.search_runs([client.get_experiment_by_name("mnist_sample").experiment_id])
-    return run
-
-
-@pytest.fixture(scope="module")
 def model(run):
     [model] = mlflow.search_logged_models([run.info.experiment_id], output_format="list")
     return model
