@@ -153,6 +153,7 @@ def test_models_tab_ranks_the_logged_model_with_its_metrics(browser, ui, run, ti
     [model] = mlflow.MlflowClient(tiny_run.tracking_uri).search_logged_models(
         [run.info.experiment_id])
     accuracy = f"{run.data.metrics['test_accuracy']:.4f}"[:5]
+    browser.set_window_size(2400, 1000)  # the table draws only the columns in view
     text = open_and_wait(browser, f"{ui}/#/experiments/{run.info.experiment_id}/models"
                          f"?{TRAINING_VIEW}", "mnist_sample-test", "test_accuracy")
     assert model.name in text.splitlines() and accuracy in text
