@@ -127,9 +127,9 @@ def _pipeline_worker(dataset: str, path: str | None, epochs: int) -> dict:
 
     from mnist_exp.config import parse_config
     from mnist_exp.data import load_dataset
-    from mnist_exp.evaluate import evaluate
     from mnist_exp.model import build_model, compile_model
     from mnist_exp.run import CONF_DIR
+    from mnist_exp.scoring import evaluate
     from mnist_exp.train import EpochClock, execution_settings, fit, setup_runtime
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
@@ -29,6 +30,10 @@ MINI = LOCAL_FOLDERS["mnist_sample"]  # 8,000 / 2,000 real digits, in the packag
 # A few hundred real digits and two epochs: enough to learn something, quick to run.
 SECRET = "s3cr3t-t0ken-in-the-environment"
 TINY = ("data.max_train_samples=600", "data.max_test_samples=300", "trainer.epochs=2")
+# The tiny run's own tags and note; system metrics sampled every second, so a run of a few
+# seconds records some.
+TINY_RUN_TRACKING = ("+tracking.tags.team=vision", "tracking.description=A tiny smoke run",
+                     "tracking.system_metrics_interval=1.0")
 
 
 @pytest.fixture(scope="session")
@@ -120,7 +125,7 @@ def tiny_run(tmp_path_factory, mini) -> TinyRun:
     mnist_sample), into a temporary tracking store (default layout: mlflow.db and mlruns/
     in the launch folder)."""
     workdir = tmp_path_factory.mktemp("tiny_run")
-    process = run_module("mnist_exp.run", "data=mnist_sample", *TINY,
+    process = run_module("mnist_exp.run", "data=mnist_sample", *TINY, *TINY_RUN_TRACKING,
                          "hydra.run.dir=hydra_out", cwd=workdir,
                          env={"MNIST_EXP_TEST_SECRET": SECRET})
     assert process.returncode == 0, process.stderr[-3000:]
@@ -162,3 +167,19 @@ def serving(command: list[str], *, ready: str, cwd: Path, env: dict | None = Non
             if server.poll() is None:
                 os.killpg(server.pid, signal.SIGTERM)
                 server.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def client(tiny_run):
+    """A client of the tiny run's store, which is also MLflow's current one."""
+    mlflow.set_tracking_uri(tiny_run.tracking_uri)
+    return mlflow.MlflowClient(tiny_run.tracking_uri)
+
+
+@pytest.fixture(scope="module")
+def run(client):
+    """The tiny run, read back from its store (the only run of its experiment)."""
+    experiment = client.get_experiment_by_name("mnist_sample")
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 1
+    return runs[0]

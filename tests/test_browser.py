@@ -12,6 +12,7 @@ import mlflow
 import pytest
 
 from conftest import ROOT, serving
+from mnist_exp.run import TRAINING_VIEW
 
 pytestmark = pytest.mark.slow  # a UI server and a browser: ~40 s
 
@@ -34,8 +35,9 @@ def ui(tiny_run):
         yield url
 
 
-@pytest.fixture(scope="module")
-def browser():
+def start_browser(profile: Path):
+    """Headless Chromium with its own, new profile folder (nothing remembered from an
+    earlier visit: what a colleague opening a link for the first time sees)."""
     if not (CHROMIUM and CHROMEDRIVER):
         pytest.skip("Chromium is not installed: apt-get install chromium chromium-driver "
                     "(.ci/run does this)")
@@ -43,11 +45,16 @@ def browser():
     options.binary_location = CHROMIUM
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                  "--window-size=1400,1000", "--disable-background-networking", "--no-first-run",
-                 "--disable-extensions", "--disable-sync"):
+                 "--disable-extensions", "--disable-sync", f"--user-data-dir={profile}"):
         options.add_argument(flag)
     # The driver named explicitly: Selenium never tries to download one.
-    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(CHROMEDRIVER))
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    return webdriver.Chrome(options=options, service=webdriver.ChromeService(CHROMEDRIVER))
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    driver = start_browser(tmp_path_factory.mktemp("chromium"))
     yield driver
     driver.quit()
 
@@ -140,3 +147,33 @@ def test_artifact_images_are_shown(browser, ui, run, tiny_run, artifact):
 
 def _png_width(path: Path) -> int:
     return int.from_bytes(path.read_bytes()[16:20], "big")
+
+
+def test_models_tab_ranks_the_logged_model_with_its_metrics(browser, ui, run, tiny_run):
+    [model] = mlflow.MlflowClient(tiny_run.tracking_uri).search_logged_models(
+        [run.info.experiment_id])
+    accuracy = f"{run.data.metrics['test_accuracy']:.4f}"[:5]
+    browser.set_window_size(2400, 1000)  # the table draws only the columns in view
+    text = open_and_wait(browser, f"{ui}/#/experiments/{run.info.experiment_id}/models"
+                         f"?{TRAINING_VIEW}", "mnist_sample-test", "test_accuracy")
+    assert model.name in text.splitlines() and accuracy in text
+    browser.save_screenshot(str(SCREENSHOTS / "models.png"))
+
+
+def test_the_printed_link_opens_the_training_view_in_a_fresh_browser(ui, run, tiny_run,
+                                                                    tmp_path):
+    """The runner's `Browse: ... -> http://127.0.0.1:5000/#/...` link, in a browser that has
+    never seen this UI: the run's training page (metrics, charts), not the GenAI view."""
+    link = next(line for line in tiny_run.process.stdout.splitlines()
+                if line.startswith("Browse:")).split("->")[1].strip()
+    assert f"/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}?" in link
+    fresh = start_browser(tmp_path / "profile")
+    try:
+        text = open_and_wait(fresh, ui + link.removeprefix("http://127.0.0.1:5000"),
+                             "Model metrics", "System metrics", "test_accuracy")
+        fresh.save_screenshot(str(SCREENSHOTS / "printed_link.png"))
+    finally:
+        fresh.quit()
+    # The training view's menu (Runs, Models, Model registry), not the GenAI one's.
+    assert "Model registry" in text
+    assert not {"Agent versions", "Judges", "Playground"} & set(text.splitlines())

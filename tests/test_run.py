@@ -14,20 +14,6 @@ from mnist_exp.data import load_idx_folder
 from mnist_exp.pipeline import RunContext, run_experiment
 
 
-@pytest.fixture(scope="module")
-def client(tiny_run):
-    mlflow.set_tracking_uri(tiny_run.tracking_uri)
-    return mlflow.MlflowClient(tiny_run.tracking_uri)
-
-
-@pytest.fixture(scope="module")
-def run(client):
-    experiment = client.get_experiment_by_name("mnist_sample")
-    runs = client.search_runs([experiment.experiment_id])
-    assert len(runs) == 1
-    return runs[0]
-
-
 def test_default_store_is_mlflow_db_with_artifacts_in_mlruns(tiny_run, client):
     assert (tiny_run.workdir / "mlflow.db").is_file()
     experiment = client.get_experiment_by_name("mnist_sample")

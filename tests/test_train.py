@@ -12,9 +12,9 @@ import pytest
 from conftest import compose_config
 from mnist_exp.config import AdamConfig, MLPConfig, parse_config
 from mnist_exp.data import load_dataset, load_idx_folder
-from mnist_exp.evaluate import evaluate
 from mnist_exp.interrupts import DeferredInterrupts
 from mnist_exp.model import build_model, compile_model
+from mnist_exp.scoring import evaluate
 from mnist_exp.train import _looped, execution_settings, fit, setup_runtime
 
 

@@ -14,7 +14,7 @@ import TensorFlow. The README's tables of settings are generated from this file
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal, get_args
+from typing import Annotated, Any, ClassVar, Literal, TypeVar, get_args
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -228,6 +228,14 @@ class TrackingConfig(Section):
     register_model: bool = Field(False, description="register the logged model as a new "
                                                     "version of registered_model_name")
     registered_model_name: Name = Field("mnist-exp", description="the registered model")
+    system_metrics: bool = Field(True, description="record CPU, memory, disk and network use "
+                                                   "(and GPUs, with pynvml) as system/* metrics")
+    system_metrics_interval: Positive = Field(10.0, description="seconds between system metric "
+                                                                "samples")
+    tags: dict[str, str] = Field({}, description="added to the run's tags, e.g. "
+                                                 "'+tracking.tags.team=vision'")
+    description: str | None = Field(None, description="the run's description in mlflow ui "
+                                                       "(tag mlflow.note.content)")
 
     @model_validator(mode="after")
     def _registers_only_a_logged_model(self) -> TrackingConfig:
@@ -263,9 +271,33 @@ class Config(Section):
         return self
 
 
-def parse_config(cfg: DictConfig | dict) -> Config:
-    """Check a composed config against the schema; raise ConfigError, one line, on the first
-    problem (an unknown key before any other)."""
+S = TypeVar("S", bound=Section)
+
+
+S = TypeVar("S", bound=Section)
+
+
+class EvaluationTrackingConfig(TrackingConfig):
+    experiment_name: Name | None = Field(None, description="null: the experiment named after "
+                                                           "the evaluated data")
+
+
+class EvaluationConfig(Section):
+    """python -m mnist_exp.evaluate: a logged model scored on a test set."""
+
+    model_uri: Name = Field(description="a run id, a logged-model id (m-...) or a model URI "
+                                        "(runs:/<run id>/model, models:/<name>@<alias>)")
+    data: DataConfig | None = Field(None, description="null: the training run's data settings")
+    seed: StrictInt | None = Field(None, ge=0, lt=2**32, description="draws the "
+                                   "data.max_*_samples samples; null: the training run's "
+                                   "trainer.seed")
+    tracking: EvaluationTrackingConfig
+
+
+def parse_config(cfg: DictConfig | dict, schema: type[S] = Config) -> S:
+    """Check a composed config against the schema (a training run's, or another entry
+    point's); raise ConfigError, one line, on the first problem (an unknown key before any
+    other)."""
     try:
         raw = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
     except OmegaConfBaseException as e:
@@ -273,10 +305,10 @@ def parse_config(cfg: DictConfig | dict) -> Config:
     raw = dict(raw)
     raw.pop("experiment", None)  # the preset's name, when a preset sets one
     try:
-        return Config.model_validate(raw)
+        return schema.model_validate(raw)
     except ValidationError as e:
         errors = sorted(e.errors(), key=lambda error: error["type"] != "extra_forbidden")
-        raise ConfigError(sentence(errors[0], raw, Config)) from None
+        raise ConfigError(sentence(errors[0], raw, schema)) from None
 
 
 def to_dict(config: Config) -> dict[str, Any]:

@@ -1,67 +1,54 @@
-"""The final, once-only evaluation on the test set."""
+"""Command-line entry point: `python -m mnist_exp.evaluate model_uri=<model> [data=...]`.
+
+Scores a logged model (a run id, m-..., runs:/..., models:/<name>@<alias>) on a test set
+and records an evaluation run linked to it (evaluation_run.py does the work). Hydra
+composes conf/evaluate.yaml from the same `data` and `tracking` groups as training; with
+no data given, the training run's data settings and seed are used.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+import signal
+import time
+from pathlib import Path
 
-import keras
-import numpy as np
-from sklearn.metrics import classification_report, confusion_matrix
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
 
-
-@dataclass(frozen=True)
-class Evaluation:
-    loss: float
-    accuracy: float
-    labels: np.ndarray
-    probabilities: np.ndarray
-    confusion: np.ndarray
-    report: dict
-    report_text: str
-
-    def metrics(self, prefix: str = "test") -> dict[str, float]:
-        """Loss, accuracy, macro averages and per-class precision/recall/F1 (by class index)."""
-        out = {f"{prefix}_loss": self.loss, f"{prefix}_accuracy": self.accuracy}
-        macro = self.report["macro avg"]
-        for stat in ("precision", "recall", "f1-score"):
-            name = stat.removesuffix("-score")
-            out[f"{prefix}_{name}_macro"] = macro[stat]
-            for index, class_name in enumerate(self.report["class_names"]):
-                out[f"{prefix}_{name}_{index}"] = self.report[class_name][stat]
-        return out
+from mnist_exp.config import EvaluationConfig, UserError, parse_config
+from mnist_exp.native_log import quiet_native_startup
+from mnist_exp.run import CONF_DIR, exit_with, interrupt, print_run_link
 
 
-def predict_probabilities(model: keras.Model, images: np.ndarray,
-                          batch_size: int = 1024) -> np.ndarray:
-    """The model called directly on large batches: for a few thousand images this beats
-    model.predict, which would first trace and XLA-compile a predict function."""
-    return np.concatenate([keras.ops.convert_to_numpy(model(images[i: i + batch_size],
-                                                            training=False))
-                           for i in range(0, len(images), batch_size)])
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="evaluate")
+def evaluation(cfg: DictConfig) -> float:
+    """Evaluate the model; print its test accuracy and the run's link; return the accuracy."""
+    hydra_cfg = HydraConfig.get()
+    output_dir = Path(hydra_cfg.runtime.output_dir)
+    try:
+        config = parse_config(cfg, EvaluationConfig)
+        start = time.perf_counter()
+        with quiet_native_startup(verbose=bool(hydra_cfg.verbose)):
+            from mnist_exp.evaluation_run import evaluate_model  # heavy: TF and MLflow
+        result = evaluate_model(config, overrides=tuple(hydra_cfg.overrides.task),
+                                launch_dir=Path(hydra_cfg.runtime.cwd),
+                                log_file=output_dir / f"{hydra_cfg.job.name}.log")
+    except UserError as e:
+        exit_with(e)
+    print(f"\nTest accuracy {result.test_accuracy:.4f} (loss {result.test_loss:.4f}) of "
+          f"{result.model_uri} on {result.test_images} {result.data_name} test images "
+          f"(classes {', '.join(result.class_names)}); {time.perf_counter() - start:.1f} s")
+    print_run_link(result)
+    return result.test_accuracy
 
 
-def evaluate(
-    model: keras.Model, images: np.ndarray, labels: np.ndarray, class_names: tuple[str, ...],
-    batch_size: int = 1024,
-) -> Evaluation:
-    """One pass over the images; loss (Keras' own function), accuracy, per-class report and
-    confusion matrix computed from its predictions."""
-    probabilities = predict_probabilities(model, images, batch_size)
-    predicted = probabilities.argmax(axis=1)
-    loss = np.mean(keras.losses.sparse_categorical_crossentropy(labels, probabilities))
-    accuracy = np.mean(predicted == labels)
-    indices = list(range(len(class_names)))
-    report = classification_report(labels, predicted, labels=indices, target_names=class_names,
-                                   output_dict=True, zero_division=0)
-    report["class_names"] = list(class_names)
-    text = classification_report(labels, predicted, labels=indices, target_names=class_names,
-                                 digits=4, zero_division=0)
-    return Evaluation(
-        loss=float(loss),
-        accuracy=float(accuracy),
-        labels=np.asarray(labels),
-        probabilities=probabilities,
-        confusion=confusion_matrix(labels, predicted, labels=indices),
-        report=report,
-        report_text=text,
-    )
+def main() -> None:
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # stderr is ours
+    signal.signal(signal.SIGTERM, interrupt)
+    evaluation()
+
+
+if __name__ == "__main__":
+    main()

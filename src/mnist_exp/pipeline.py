@@ -17,11 +17,11 @@ from pathlib import Path
 from mnist_exp import plots, pruning, tracking
 from mnist_exp.checkpoints import checkpoint_for
 from mnist_exp.config import CNNConfig, Config
-from mnist_exp.data import Dataset, load_dataset
-from mnist_exp.evaluate import evaluate
+from mnist_exp.data import load_dataset
 from mnist_exp.interrupts import DeferredInterrupts
 from mnist_exp.model import build_model, compile_model
 from mnist_exp.preflight import check_fits_data, check_fits_memory
+from mnist_exp.scoring import evaluate
 from mnist_exp.store import (
     SweepInfo,
     check_reachable,
@@ -110,16 +110,19 @@ def run_experiment(config: Config, context: RunContext = RunContext()) -> RunRes
     run_name = config.tracking.run_name or default_run_name(context.overrides)
     checkpoint = checkpoint_for(config, context.launch_dir)
     resume_id = checkpoint.run_to_resume(t.resume)
-    tags = tracking.run_tags(context.overrides)
+    tags = tracking.run_tags(context.overrides, config.tracking)
     if context.sweep is not None:  # nests the run under the sweep's, in any process
         tags |= {"mlflow.parentRunId": context.sweep.parent_run_id,
                  "sweep.id": context.sweep.sweep_id, "sweep.job": str(context.job_number)}
-    with tracking.tracked_run(experiment_id, run_name, tags, resume_run_id=resume_id) as run_id:
+    with tracking.tracked_run(
+            experiment_id, run_name, tags, resume_run_id=resume_id,
+            system_metrics_interval=tracking.system_metrics_interval(config.tracking)) as run_id:
         checkpoint.claim(run_id)
         with clock("tracking"):
+            splits = tracking.datasets(data)
             if resume_id is None:
                 tracking.log_config(config, context.hydra_dir)
-                tracking.log_datasets(data)
+                tracking.log_datasets(splits)
         with clock("train"):
             history = fit(model, data, t,
                           callbacks=[tracking.EpochLogger(), *pruning.callbacks_for(context.trial)],
@@ -133,23 +136,25 @@ def run_experiment(config: Config, context: RunContext = RunContext()) -> RunRes
             val = evaluate(model, data.x_val, data.y_val, data.class_names, t.eval_batch_size)
             test = evaluate(model, data.x_test, data.y_test, data.class_names,
                             t.eval_batch_size)
-        with clock("plots"):
-            figures = _figures(history, test, data)
-        with clock("tracking"):
-            tracking.log_evaluation(test, {"loss": val.loss, "accuracy": val.accuracy},
-                                    figures)
+        # The model is logged before its scores, so they are linked to it (model_id).
         with clock("model_logging"), DeferredInterrupts():
             registered = (config.tracking.registered_model_name
                           if config.tracking.register_model else None)
-            model_uri = (tracking.log_model(model, data.x_test[:2], test.probabilities[:2],
-                                            registered)
-                         if config.tracking.log_model else None)
+            logged = (tracking.log_model(model, data.x_test[:2], test.probabilities[:2],
+                                         registered)
+                      if config.tracking.log_model else None)
+        with clock("plots"):
+            figures = {"curves.png": plots.plot_curves(history),
+                       **plots.test_figures(test, data.x_test, data.class_names)}
+        with clock("tracking"):
+            tracking.log_evaluation(test, figures, splits, logged and logged.model_id,
+                                    final_val={"loss": val.loss, "accuracy": val.accuracy})
         tracking.log_timings({**clock.seconds, **({"imports": context.import_seconds}
                                                   if context.import_seconds else {})})
         tracking.log_files(context.log_file)
     checkpoint.discard()
     return RunResult(run_id=run_id, run_name=run_name, experiment_id=experiment_id,
-                     tracking_uri=redact(uri), model_uri=model_uri,
+                     tracking_uri=redact(uri), model_uri=logged and logged.model_uri,
                      val_accuracy=val.accuracy, test_accuracy=test.accuracy,
                      test_loss=test.loss)
 
@@ -174,13 +179,3 @@ def default_run_name(overrides: tuple[str, ...]) -> str:
     meaningful = [o for o in overrides if not o.lstrip("+~").startswith(_NAMELESS_OVERRIDES)]
     return " ".join(meaningful)[:250] or "default"
 
-
-def _figures(history, test, data: Dataset) -> dict:
-    picked = plots.pick_samples(test.labels, test.probabilities)
-    return {
-        "curves.png": plots.plot_curves(history),
-        "confusion_matrix.png": plots.plot_confusion_matrix(test.confusion, data.class_names),
-        "sample_predictions.png": plots.plot_predictions(
-            data.x_test[picked], test.labels[picked], test.probabilities[picked],
-            data.class_names),
-    }

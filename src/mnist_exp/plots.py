@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from sklearn.metrics import ConfusionMatrixDisplay
+
+if TYPE_CHECKING:
+    from mnist_exp.scoring import Evaluation
 
 
 def plot_curves(history: dict[str, list[float]]) -> Figure:
@@ -92,3 +96,15 @@ def pick_samples(labels: np.ndarray, probabilities: np.ndarray, count: int = 32,
     wrong = wrong[np.argsort(-probabilities[wrong, predicted[wrong]])][:mistakes]
     right = np.setdiff1d(np.arange(len(labels)), wrong)[: count - len(wrong)]
     return np.concatenate([right, wrong]).astype(int)
+
+
+def test_figures(test: Evaluation, images: np.ndarray,
+                 class_names: tuple[str, ...]) -> dict[str, Figure]:
+    """The confusion matrix and a grid of sample predictions (mistakes in red) of a test
+    evaluation of `images`, by artifact name."""
+    picked = pick_samples(test.labels, test.probabilities)
+    return {
+        "confusion_matrix.png": plot_confusion_matrix(test.confusion, class_names),
+        "sample_predictions.png": plot_predictions(
+            images[picked], test.labels[picked], test.probabilities[picked], class_names),
+    }

@@ -13,8 +13,10 @@ import argparse
 import os
 import re
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -57,6 +59,16 @@ def model_uri(model: str) -> str:
     return model
 
 
+def load_model(model_ref: str, loader: Callable[[str], Any]) -> tuple[Any, str]:
+    """The model `model_ref` names (see model_uri), loaded by `loader` (an MLflow flavour's
+    load_model), and its URI; one line (UserError) when there is no such model or alias."""
+    uri = model_uri(model_ref)
+    try:
+        return loader(uri), uri
+    except Exception as e:
+        raise UserError(f"cannot load model {uri!r}: {first_line(e)}") from None
+
+
 def predict(model_ref: str, inputs: list[str], dataset: str | None = None,
             data_path: str | None = None) -> Predictions:
     """Load the model, bring every input to the model's form, predict."""
@@ -67,12 +79,8 @@ def predict(model_ref: str, inputs: list[str], dataset: str | None = None,
     from mnist_exp.images import load_image
 
     keras.utils.disable_interactive_logging()  # no progress bar between the answers
-    uri = model_uri(model_ref)
-    try:
-        model = mlflow.pyfunc.load_model(uri)
-    except Exception as e:
-        raise UserError(f"cannot load model {uri!r}: {first_line(e)}") from None
-    params = _run_params(model.metadata.run_id)
+    model, _ = load_model(model_ref, mlflow.pyfunc.load_model)
+    params = run_params(model.metadata.run_id)
     dataset = dataset or params.get("data.name", "mnist")
     if data_path is None and params.get("data.path") not in (None, "None"):
         data_path = params["data.path"]
@@ -132,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _run_params(run_id: str | None) -> dict[str, str]:
+def run_params(run_id: str | None) -> dict[str, str]:
+    """The params of the run that logged a model ({} if unknown or unreachable)."""
     if not run_id:
         return {}
     import mlflow

@@ -45,6 +45,10 @@ def _config_dir() -> Path:
 CONF_DIR = _config_dir()
 
 
+# mlflow ui 3.x opens in its GenAI view unless the URL (or the browser's memory of an earlier
+# choice) asks for the model-training one: the printed link asks.
+TRAINING_VIEW = "workflowType=machine_learning"
+
 _HYDRA_FLAGS = ("-m", "--multirun", "-h", "--help", "--hydra-help", "-c", "--cfg", "-i", "--info",
                 "--shell-completion", "-sc", "-p", "--package", "--resolve")
 
@@ -62,8 +66,8 @@ def main() -> None:
         if not flags & (set(_HYDRA_FLAGS) - {"-m", "--multirun"}):
             check_output_dir(args, multirun=bool(flags & {"-m", "--multirun"}))
     except UserError as e:
-        _exit_with(e)
-    signal.signal(signal.SIGTERM, _interrupt)  # `kill` ends the run like Ctrl-C: KILLED
+        exit_with(e)
+    signal.signal(signal.SIGTERM, interrupt)  # `kill` ends the run like Ctrl-C: KILLED
     try:
         experiment()
     except KeyboardInterrupt:  # outside a job: a sweep's launcher waiting for its workers
@@ -155,7 +159,7 @@ def experiment(cfg: DictConfig) -> float:
         message = str(e) if isinstance(e, UserError) else _unexpected(
             e, output_dir / f"{hydra_cfg.job.name}.log")
         if not sweeping:
-            _exit_with(message, code=2 if isinstance(e, UserError) else 1)
+            exit_with(message, code=2 if isinstance(e, UserError) else 1)
         log.error("job failed: %s", message)
         (output_dir / "FAILED").write_text(f"{type(e).__name__}: {e}\n")
         _record_failure(hydra_cfg, f"{type(e).__name__}: {e}", started_ms)
@@ -193,7 +197,7 @@ def _record_failure(hydra_cfg, reason: str, started_ms: int) -> None:
         log.warning("could not record the failed job in MLflow: %s", e)
 
 
-def _exit_with(error: UserError | str, code: int = 2) -> None:
+def exit_with(error: UserError | str, code: int = 2) -> None:
     print(f"mnist-exp: error: {error}", file=sys.stderr)
     raise SystemExit(code)
 
@@ -210,7 +214,8 @@ def _unexpected(error: Exception, log_file: Path) -> str:
             "HYDRA_FULL_ERROR=1 prints it here)")
 
 
-def _interrupt(signum, frame) -> None:
+def interrupt(signum, frame) -> None:
+    """SIGTERM handler: `kill` ends a run like Ctrl-C does (KILLED, not RUNNING)."""
     raise KeyboardInterrupt
 
 
@@ -248,6 +253,13 @@ def _trial_link(hydra_cfg) -> TrialLink | None:
 
 
 def _print_summary(result) -> None:
+    print(f"\nTest accuracy {result.test_accuracy:.4f} (loss {result.test_loss:.4f}); "
+          f"validation accuracy {result.val_accuracy:.4f}")
+    print_run_link(result)
+
+
+def print_run_link(result) -> None:
+    """Which MLflow run a result was recorded in, and the mlflow ui link that opens it."""
     uri = result.tracking_uri
     default_uri = f"sqlite:///{(Path.cwd() / 'mlflow.db').resolve()}"
     if uri.startswith("http"):
@@ -256,10 +268,9 @@ def _print_summary(result) -> None:
         browse = "mlflow ui" if uri == default_uri else f"mlflow ui --backend-store-uri {uri}"
         base = "http://127.0.0.1:5000"
     print(
-        f"\nTest accuracy {result.test_accuracy:.4f} (loss {result.test_loss:.4f}); "
-        f"validation accuracy {result.val_accuracy:.4f}\n"
         f"MLflow run '{result.run_name}' ({result.run_id}) in {uri}\n"
         f"Browse: {browse}  ->  {base}/#/experiments/{result.experiment_id}/runs/{result.run_id}"
+        f"?{TRAINING_VIEW}"
     )
 
 

@@ -24,6 +24,10 @@ from mnist_exp.config import UserError
 DEFAULT_DB = "mlflow.db"
 DEFAULT_ARTIFACTS = "mlruns"
 SWEEP_FILE = "mlflow_sweep.json"
+# What kind of experiment this is, for mlflow ui 3.x (a value its bundle knows): model
+# development, not GenAI. (Which view a link opens in is the URL's workflowType: run.py.)
+EXPERIMENT_KIND = "mlflow.experimentKind"
+MODEL_TRAINING = "custom_model_development"
 _CREDENTIALS = re.compile(r"(://[^/:@\s]+):[^@/\s]*@")
 
 
@@ -75,26 +79,36 @@ def artifact_root(uri: str) -> str | None:
     return (database.parent / DEFAULT_ARTIFACTS).resolve().as_uri()
 
 
+def open_store(uri: str) -> None:
+    """Point MLflow at `uri` (a new SQLite file gets its tables on first use, quietly)."""
+    import mlflow
+
+    # A new store announces its table creation and migrations at INFO: not the user's news.
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+    mlflow.set_tracking_uri(uri)
+
+
 def prepare_experiment(uri: str, name: str) -> str:
     """Point MLflow at `uri` and return the id of experiment `name`, creating it (and, for a
-    new SQLite file, the store's tables) if needed.
+    new SQLite file, the store's tables) if needed, marked as model training for mlflow ui.
 
     In a SQLite store, new experiments keep their artifacts in mlruns/ beside the
     database; a tracking server chooses its own artifact location.
     """
     import mlflow
 
-    # A new store announces its table creation and migrations at INFO: not the user's news.
-    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
-    mlflow.set_tracking_uri(uri)
+    open_store(uri)
     with _creating(uri):
         client = mlflow.MlflowClient()
         experiment = client.get_experiment_by_name(name)
         if experiment is None:
-            return client.create_experiment(name, artifact_location=artifact_root(uri))
+            return client.create_experiment(name, artifact_location=artifact_root(uri),
+                                            tags={EXPERIMENT_KIND: MODEL_TRAINING})
     if experiment.lifecycle_stage == "deleted":
         raise TrackingError(f"MLflow experiment {name!r} is deleted; restore it in mlflow ui or "
                             "set tracking.experiment_name to another name")
+    if EXPERIMENT_KIND not in experiment.tags:  # made before we marked them, or by others
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND, MODEL_TRAINING)
     return experiment.experiment_id
 
 

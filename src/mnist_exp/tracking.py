@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import subprocess
@@ -19,29 +20,41 @@ import keras
 import mlflow
 import numpy as np
 from matplotlib.figure import Figure
+from mlflow.data.dataset import Dataset as MlflowDataset
 from mlflow.entities import RunStatus
 from mlflow.models import infer_signature
+from mlflow.models.model import ModelInfo
 from omegaconf import OmegaConf
 
 from mnist_exp import __version__
-from mnist_exp.config import Config, first_line, to_dict
+from mnist_exp.config import Config, TrackingConfig, first_line, to_dict
 from mnist_exp.data import Dataset
-from mnist_exp.evaluate import Evaluation
+from mnist_exp.scoring import Evaluation
 from mnist_exp.store import redact
 
 MODEL_NAME = "model"
+NOTE = "mlflow.note.content"  # the run's description in mlflow ui
+SPLITS = ("training", "validation", "test")
 
 
 @contextmanager
 def tracked_run(experiment_id: str, run_name: str, tags: dict[str, str],
-                resume_run_id: str | None = None) -> Iterator[str]:
+                resume_run_id: str | None = None,
+                system_metrics_interval: float | None = None) -> Iterator[str]:
     """An active MLflow run (its id is yielded) that always ends: FINISHED, FAILED with the
     error as a tag, or KILLED on Ctrl-C or SIGTERM. With `resume_run_id`, that run is
-    reopened instead of a new one started."""
+    reopened instead of a new one started. With `system_metrics_interval` (seconds), MLflow
+    samples CPU, memory, disk and network use in a thread as system/* metrics."""
+    if system_metrics_interval is not None:
+        mlflow.set_system_metrics_sampling_interval(system_metrics_interval)
+        # Its start and stop are announced at INFO: not the user's news.
+        logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
+    monitor = {"log_system_metrics": system_metrics_interval is not None}
     if resume_run_id is not None:
-        started = mlflow.start_run(run_id=resume_run_id)
+        started = mlflow.start_run(run_id=resume_run_id, **monitor)
     else:
-        started = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags)
+        started = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags,
+                                   **monitor)
     with started as run:
         try:
             yield run.info.run_id
@@ -53,18 +66,28 @@ def tracked_run(experiment_id: str, run_name: str, tags: dict[str, str],
             raise
 
 
-def run_tags(overrides: tuple[str, ...]) -> dict[str, str]:
-    """Provenance: package version, git commit and dirtiness, the command and its overrides."""
+def run_tags(overrides: tuple[str, ...], settings: TrackingConfig, kind: str = "training",
+             module: str = "mnist_exp.run") -> dict[str, str]:
+    """Provenance (package version, git commit and dirtiness, the command and its
+    overrides), what kind of run it is, and the user's own tags and description."""
     tags = {
         "mnist_exp.version": __version__,
+        "mnist_exp.kind": kind,
         "overrides": redact(" ".join(overrides)),
-        "command": redact(" ".join(["python -m mnist_exp.run", *sys.argv[1:]])),
+        "command": redact(" ".join([f"python -m {module}", *sys.argv[1:]])),
     }
     commit, dirty = _git_state(Path(__file__).resolve().parent)
     if commit:
         tags["mlflow.source.git.commit"] = commit
         tags["git.dirty"] = str(dirty).lower()
-    return tags
+    if settings.description:
+        tags[NOTE] = settings.description
+    return tags | settings.tags
+
+
+def system_metrics_interval(settings: TrackingConfig) -> float | None:
+    """The sampling interval tracked_run takes: None when system metrics are off."""
+    return settings.system_metrics_interval if settings.system_metrics else None
 
 
 def log_config(config: Config, hydra_dir: Path | None) -> None:
@@ -78,25 +101,38 @@ def log_config(config: Config, hydra_dir: Path | None) -> None:
         mlflow.log_artifacts(str(hydra_dir), "hydra")
 
 
-def log_datasets(data: Dataset) -> None:
-    """Each split as an MLflow dataset input (name, digest, shape, source)."""
-    splits = {"training": (data.x_train, data.y_train), "validation": (data.x_val, data.y_val),
+def datasets(data: Dataset, splits: tuple[str, ...] = SPLITS) -> dict[str, MlflowDataset]:
+    """Each split as an MLflow dataset (name, digest, shape, source), by split name."""
+    arrays = {"training": (data.x_train, data.y_train), "validation": (data.x_val, data.y_val),
               "test": (data.x_test, data.y_test)}
-    for context, (images, labels) in splits.items():
+    found = {}
+    for context in splits:
+        images, labels = arrays[context]
         with warnings.catch_warnings():  # MLflow registers the local source type twice
             warnings.filterwarnings("ignore", "The specified dataset source can be interpreted")
-            dataset = mlflow.data.from_numpy(images, targets=labels, source=data.source,
-                                             name=f"{data.name}-{context}")
+            found[context] = mlflow.data.from_numpy(images, targets=labels, source=data.source,
+                                                    name=f"{data.name}-{context}")
+    return found
+
+
+def log_datasets(splits: dict[str, MlflowDataset]) -> None:
+    """The splits as the run's dataset inputs."""
+    for context, dataset in splits.items():
         _retrying(lambda dataset=dataset, context=context:
                   mlflow.log_input(dataset, context=context))
 
 
-def log_evaluation(evaluation: Evaluation, final_val: dict[str, float],
-                   figures: dict[str, Figure]) -> None:
+def log_evaluation(evaluation: Evaluation, figures: dict[str, Figure],
+                   splits: dict[str, MlflowDataset], model_id: str | None,
+                   final_val: dict[str, float] | None = None) -> None:
     """Test metrics (overall and per class), the kept model's validation scores, the
-    classification report and the figures."""
-    mlflow.log_metrics({**evaluation.metrics("test"),
-                        **{f"final_val_{k}": v for k, v in final_val.items()}})
+    classification report and the figures. The metrics are the run's and, linked by
+    `model_id` and the split they were measured on, the logged model's too (so models can
+    be ranked by them: mlflow.search_logged_models, mlflow ui's Models tab)."""
+    mlflow.log_metrics(evaluation.metrics("test"), model_id=model_id, dataset=splits["test"])
+    if final_val is not None:
+        mlflow.log_metrics({f"final_val_{k}": v for k, v in final_val.items()},
+                           model_id=model_id, dataset=splits["validation"])
     mlflow.log_text(evaluation.report_text, "classification_report.txt")
     mlflow.log_dict({k: v for k, v in evaluation.report.items() if k != "class_names"},
                     "classification_report.json")
@@ -105,10 +141,10 @@ def log_evaluation(evaluation: Evaluation, final_val: dict[str, float],
 
 
 def log_model(model: keras.Model, example: np.ndarray, example_output: np.ndarray,
-              registered_name: str | None = None) -> str:
+              registered_name: str | None = None) -> ModelInfo:
     """Log the model with MLflow's Keras flavour, a signature (from an example input and the
     model's output for it, already computed) and the input example, and register it as a
-    new version of `registered_name` if given; return its URI (models:/<model id>)."""
+    new version of `registered_name` if given; return its info (model_uri models:/<id>)."""
     example = example.astype(np.float32)
     signature = infer_signature(example, example_output)
     info = mlflow.models.Model.log(
@@ -125,7 +161,7 @@ def log_model(model: keras.Model, example: np.ndarray, example_output: np.ndarra
         # Explicit requirements: inferring them costs ~10 s in a subprocess importing TF.
         pip_requirements=[f"{pkg}=={version(pkg)}" for pkg in ("tensorflow", "keras", "numpy")],
     )
-    return info.model_uri
+    return info
 
 
 class EpochLogger(mlflow.keras.MlflowCallback):
