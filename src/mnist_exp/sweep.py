@@ -193,6 +193,12 @@ class MlflowSweepCallback(Callback):
         import mlflow
 
         sweep_dir = Path(config.hydra.sweep.dir)
+        # Checks first: a sweep that cannot start leaves no folder behind.
+        uri = _tracking_uri(config)
+        check_reachable(uri)
+        if is_slurm(config.hydra.launcher):
+            quiet_submitit()
+            check_partition(config.hydra.launcher.partition)
         if self.resume and read_sweep_info(sweep_dir) is not None:
             self._reopen(sweep_dir)
             return
@@ -201,11 +207,6 @@ class MlflowSweepCallback(Callback):
                   "another hydra.sweep.dir, or add hydra.callbacks.mlflow_sweep.resume=true "
                   "to continue that one", file=sys.stderr)
             raise SystemExit(2)
-        uri = _tracking_uri(config)
-        check_reachable(uri)
-        if is_slurm(config.hydra.launcher):
-            quiet_submitit()
-            check_partition(config.hydra.launcher.partition)
         experiment_id = prepare_experiment(uri, config.tracking.experiment_name)
         allow_concurrent_writers(uri)
         sweep_id = "/".join(sweep_dir.parts[-2:])  # e.g. 2026-11-24/10-31-07-123456
