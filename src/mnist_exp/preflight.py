@@ -11,13 +11,16 @@ from __future__ import annotations
 import contextlib
 import math
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from mnist_exp.config import CNNConfig, Config, UserError
 
 _FLOAT = 4  # bytes per float32
 _IMAGE_SIDE, _CLASSES = 28, 10
+
+
+if TYPE_CHECKING:  # numpy costs ~0.1 s: not on the path that only checks the config
+    import numpy as np
 
 
 class RequestError(UserError):
@@ -97,6 +100,8 @@ def check_fits_memory(config: Config, available: int | None = None) -> None:
 def check_fits_data(config: Config, y_train: np.ndarray, y_val: np.ndarray,
                     images: np.ndarray) -> None:
     """Refuse settings that the loaded data cannot meet, naming the keys and numbers."""
+    import numpy as np
+
     d, t = config.data, config.trainer
     n_train = len(y_train)
     if t.batch_size > n_train:
