@@ -108,51 +108,51 @@ def run_experiment(config: Config, context: RunContext = RunContext()) -> RunRes
         experiment_id = experiment.result()
 
     run_name = config.tracking.run_name or default_run_name(context.overrides)
-    checkpoint = checkpoint_for(config, context.launch_dir)
-    resume_id = checkpoint.run_to_resume(t.resume)
-    tags = tracking.run_tags(context.overrides, config.tracking)
-    if context.sweep is not None:  # nests the run under the sweep's, in any process
-        tags |= {"mlflow.parentRunId": context.sweep.parent_run_id,
-                 "sweep.id": context.sweep.sweep_id, "sweep.job": str(context.job_number)}
-    with tracking.tracked_run(
-            experiment_id, run_name, tags, resume_run_id=resume_id,
-            system_metrics_interval=tracking.system_metrics_interval(config.tracking)) as run_id:
-        checkpoint.claim(run_id)
-        with clock("tracking"):
-            splits = tracking.datasets(data)
-            if resume_id is None:
-                tracking.log_config(config, context.hydra_dir)
-                tracking.log_datasets(splits)
-        with clock("train"):
-            history = fit(model, data, t,
-                          callbacks=[tracking.EpochLogger(), *pruning.callbacks_for(context.trial)],
-                          verbose=1 if context.progress_bar else 2,
-                          backup_dir=checkpoint.backup_dir)
-        if resume_id is not None:  # the curves need the epochs from before the interruption
-            history = tracking.epoch_history(run_id)
-        with clock("evaluate"), DeferredInterrupts():
-            # The kept model's validation score (with early stopping, the best epoch's, not
-            # the last's) is what sweeps optimise. The test set is touched once, after it.
-            val = evaluate(model, data.x_val, data.y_val, data.class_names, t.eval_batch_size)
-            test = evaluate(model, data.x_test, data.y_test, data.class_names,
-                            t.eval_batch_size)
-        # The model is logged before its scores, so they are linked to it (model_id).
-        with clock("model_logging"), DeferredInterrupts():
-            registered = (config.tracking.registered_model_name
-                          if config.tracking.register_model else None)
-            logged = (tracking.log_model(model, data.x_test[:2], test.probabilities[:2],
-                                         registered)
-                      if config.tracking.log_model else None)
-        with clock("plots"):
-            figures = {"curves.png": plots.plot_curves(history),
-                       **plots.test_figures(test, data.x_test, data.class_names)}
-        with clock("tracking"):
-            tracking.log_evaluation(test, figures, splits, logged and logged.model_id,
-                                    final_val={"loss": val.loss, "accuracy": val.accuracy})
-        tracking.log_timings({**clock.seconds, **({"imports": context.import_seconds}
-                                                  if context.import_seconds else {})})
-        tracking.log_files(context.log_file)
-    checkpoint.discard()
+    with checkpoint_for(config, context.launch_dir, resume=t.resume) as checkpoint:
+        resume_id = checkpoint.run_to_resume(t.resume)
+        tags = tracking.run_tags(context.overrides, config.tracking)
+        if context.sweep is not None:  # nests the run under the sweep's, in any process
+            tags |= {"mlflow.parentRunId": context.sweep.parent_run_id,
+                     "sweep.id": context.sweep.sweep_id, "sweep.job": str(context.job_number)}
+        interval = tracking.system_metrics_interval(config.tracking)
+        with tracking.tracked_run(experiment_id, run_name, tags, resume_run_id=resume_id,
+                                  system_metrics_interval=interval) as run_id:
+            checkpoint.claim(run_id)
+            with clock("tracking"):
+                splits = tracking.datasets(data)
+                if resume_id is None:
+                    tracking.log_config(config, context.hydra_dir)
+                    tracking.log_datasets(splits)
+            with clock("train"):
+                callbacks = [tracking.EpochLogger(), *pruning.callbacks_for(context.trial)]
+                history = fit(model, data, t, callbacks=callbacks,
+                              verbose=1 if context.progress_bar else 2,
+                              backup_dir=checkpoint.backup_dir)
+            if resume_id is not None:  # the curves need the epochs from before the interruption
+                history = tracking.epoch_history(run_id)
+            with clock("evaluate"), DeferredInterrupts():
+                # The kept model's validation score (with early stopping, the best epoch's, not
+                # the last's) is what sweeps optimise. The test set is touched once, after it.
+                val = evaluate(model, data.x_val, data.y_val, data.class_names, t.eval_batch_size)
+                test = evaluate(model, data.x_test, data.y_test, data.class_names,
+                                t.eval_batch_size)
+            # The model is logged before its scores, so they are linked to it (model_id).
+            with clock("model_logging"), DeferredInterrupts():
+                registered = (config.tracking.registered_model_name
+                              if config.tracking.register_model else None)
+                logged = (tracking.log_model(model, data.x_test[:2], test.probabilities[:2],
+                                             registered)
+                          if config.tracking.log_model else None)
+            with clock("plots"):
+                figures = {"curves.png": plots.plot_curves(history),
+                           **plots.test_figures(test, data.x_test, data.class_names)}
+            with clock("tracking"):
+                tracking.log_evaluation(test, figures, splits, logged and logged.model_id,
+                                        final_val={"loss": val.loss, "accuracy": val.accuracy})
+            tracking.log_timings({**clock.seconds, **({"imports": context.import_seconds}
+                                                      if context.import_seconds else {})})
+            tracking.log_files(context.log_file)
+        checkpoint.release()
     return RunResult(run_id=run_id, run_name=run_name, experiment_id=experiment_id,
                      tracking_uri=redact(uri), model_uri=logged and logged.model_uri,
                      val_accuracy=val.accuracy, test_accuracy=test.accuracy,

@@ -279,7 +279,9 @@ class MlflowSweepCallback(Callback):
             print(f"Best by validation accuracy ({best.val_accuracy:.4f}; test "
                   f"{best.test_accuracy:.4f}): {report.describe(best, keys)}  [{best.run_id}]")
         if failed:
-            print(f"mnist-exp: error: {len(failed)} job(s) failed (see FAILED in the job "
-                  f"folders {', '.join(failed)} under {config.hydra.sweep.dir})",
+            first = Path(config.hydra.sweep.dir, failed[0], "FAILED").read_text().strip()
+            print(f"mnist-exp: error: {len(failed)} job(s) failed; job {failed[0]}: "
+                  f"{first.splitlines()[0] if first else 'no reason recorded'} (see FAILED "
+                  f"in the job folders {', '.join(failed)} under {config.hydra.sweep.dir})",
                   file=sys.stderr)
             raise SystemExit(1)
