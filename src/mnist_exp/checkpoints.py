@@ -17,11 +17,11 @@ import contextlib
 import errno
 import fcntl
 import hashlib
+import itertools
 import json
 import logging
 import os
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 from mnist_exp.config import Config, to_dict
@@ -99,17 +99,11 @@ def checkpoint_for(config: Config, launch_dir: Path, resume: bool = False) -> Ch
                 if _interrupted_run(folder):  # not taken and finished in between
                     return Checkpoint(folder, lock)
                 os.close(lock)
-    for folder in _slots(base):
+    for n in itertools.count():
+        folder = base if n == 0 else base.with_name(f"{base.name}-{n}")
         if (lock := _try_lock(folder)) is not None:
             return Checkpoint(folder, lock)
-    raise AssertionError("unreachable: slots are endless")
-
-
-def _slots(base: Path) -> Iterator[Path]:
-    n = 0
-    while True:
-        yield base if n == 0 else base.with_name(f"{base.name}-{n}")
-        n += 1
+    raise AssertionError("unreachable")
 
 
 def _saved(base: Path) -> list[Path]:
