@@ -143,9 +143,12 @@ def test_a_run_that_raises_is_marked_failed_with_the_error(tmp_path):
 
     uri = f"sqlite:///{tmp_path / 'db.sqlite'}"
     experiment_id = prepare_experiment(uri, "failing")
-    with pytest.raises(RuntimeError), tracking.tracked_run(experiment_id, "boom", {}) as run_id:
+    from mnist_exp.config import TrackingConfig
+
+    with pytest.raises(RuntimeError), tracking.tracked_run(
+            uri, experiment_id, "boom", {}, tmp_path / "record", TrackingConfig()) as tracker:
         raise RuntimeError("disk full")
-    run = mlflow.MlflowClient(uri).get_run(run_id)
+    run = mlflow.MlflowClient(uri).get_run(tracker.run_id)
     assert run.info.status == "FAILED"
     assert run.data.tags["error"] == "RuntimeError: disk full"
 
@@ -153,7 +156,7 @@ def test_a_run_that_raises_is_marked_failed_with_the_error(tmp_path):
 def test_colliding_writes_are_retried_and_other_errors_are_not():
     from mlflow.exceptions import MlflowException
 
-    from mnist_exp.tracking import _retrying
+    from mnist_exp.upload import retrying as _retrying
 
     calls = []
 

@@ -52,6 +52,7 @@ def _exists(path: str) -> str:
 Count = Annotated[StrictInt, Field(ge=1)]
 Fraction = Annotated[StrictFloat, Field(ge=0, lt=1)]
 Positive = Annotated[StrictFloat, Field(gt=0)]
+NonNegative = Annotated[StrictFloat, Field(ge=0)]
 Layers = Annotated[list[Count], Field(min_length=1)]
 Name = Annotated[str, StringConstraints(pattern=r"\S"), Allowed("a non-empty name")]
 ExistingPath = Annotated[str, AfterValidator(_exists),
@@ -236,6 +237,11 @@ class TrackingConfig(Section):
                                                  "'+tracking.tags.team=vision'")
     description: str | None = Field(None, description="the run's description in mlflow ui "
                                                        "(tag mlflow.note.content)")
+    offline: bool = Field(False, description="record the run locally only, to upload later "
+                                             "with python -m mnist_exp.sync")
+    flush_timeout_s: NonNegative = Field(30.0, description="seconds a run's end waits for an "
+                                                           "unreachable server before keeping "
+                                                           "the run locally (exit 3)")
 
     @model_validator(mode="after")
     def _registers_only_a_logged_model(self) -> TrackingConfig:
@@ -268,10 +274,10 @@ class Config(Section):
             raise conflict("trainer.augment.horizontal_flip", True,
                            f"false for {d.name}: a mirrored image changes its class "
                            "(data.mirror_invariant)")
+        if t.resume and self.tracking.offline:
+            raise conflict("trainer.resume", True, "false with tracking.offline=true (a resumed "
+                                                   "run reopens its run on the tracking server)")
         return self
-
-
-S = TypeVar("S", bound=Section)
 
 
 S = TypeVar("S", bound=Section)

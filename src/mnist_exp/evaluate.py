@@ -40,7 +40,11 @@ def evaluation(cfg: DictConfig) -> float:
     print(f"\nTest accuracy {result.test_accuracy:.4f} (loss {result.test_loss:.4f}) of "
           f"{result.model_uri} on {result.test_images} {result.data_name} test images "
           f"(classes {', '.join(result.class_names)}); {time.perf_counter() - start:.1f} s")
-    print_run_link(result)
+    if result.run_id is None:
+        print(f"Recorded offline in {result.record}; upload it with: "
+              f"python -m mnist_exp.sync {result.record}")
+    else:
+        print_run_link(result)
     return result.test_accuracy
 
 

@@ -19,6 +19,7 @@ from mnist_exp import plots, tracking
 from mnist_exp.config import Config, ConfigError, EvaluationConfig, first_line, parse_config
 from mnist_exp.data import load_dataset
 from mnist_exp.predict import load_model
+from mnist_exp.record import RECORD_DIR, records_folder
 from mnist_exp.scoring import evaluate
 from mnist_exp.store import (
     check_reachable,
@@ -27,13 +28,14 @@ from mnist_exp.store import (
     redact,
     resolve_tracking_uri,
 )
+from mnist_exp.upload import NotUploaded
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class EvaluationResult:
-    run_id: str
+    run_id: str | None
     run_name: str
     experiment_id: str
     tracking_uri: str
@@ -44,6 +46,7 @@ class EvaluationResult:
     test_images: int
     test_accuracy: float
     test_loss: float
+    record: Path | None = None  # where the run is kept, while not uploaded
 
 
 def evaluate_model(config: EvaluationConfig, overrides: tuple[str, ...] = (),
@@ -75,21 +78,24 @@ def evaluate_model(config: EvaluationConfig, overrides: tuple[str, ...] = (),
     tags |= {"mnist_exp.model_uri": model_uri, "mnist_exp.model_id": info.model_id or "",
              "mnist_exp.trained_run_id": info.run_id or ""}
     run_name = config.tracking.run_name or f"evaluate {config.model_uri} on {data.name}"[:250]
-    with tracking.tracked_run(
-            experiment_id, run_name, tags,
-            system_metrics_interval=tracking.system_metrics_interval(config.tracking)) as run_id:
+    record_dir = (log_file.parent if log_file else records_folder(launch_dir or Path.cwd()))
+    with tracking.tracked_run(uri, experiment_id, run_name, tags, record_dir / RECORD_DIR,
+                              config.tracking) as tracker:
         splits = tracking.datasets(data, ("test",))
-        tracking.log_datasets(splits)
-        mlflow.log_params(tracking.flatten({"model_uri": model_uri, "seed": seed,
-                                            "data": d.model_dump()}))
+        tracking.log_datasets(tracker, splits)
+        tracking.log_params(tracker, {"model_uri": model_uri, "seed": seed,
+                                      "data": d.model_dump()})
         test = evaluate(model, data.x_test, data.y_test, data.class_names,
                         trained.trainer.eval_batch_size if trained else 1024)
-        tracking.log_evaluation(test, plots.test_figures(test, data.x_test, data.class_names),
-                                splits, info.model_id)
-        tracking.log_files(log_file)
-    return EvaluationResult(run_id, run_name, experiment_id, redact(uri), model_uri,
+        figures = plots.test_figures(test, data.x_test, data.class_names)
+        tracking.log_evaluation(tracker, test, figures, splits, info.model_id)
+        tracking.log_files(tracker, log_file)
+    if not tracker.uploaded and not config.tracking.offline:
+        raise NotUploaded(tracker.record.folder, uri)
+    return EvaluationResult(tracker.run_id, run_name, experiment_id, redact(uri), model_uri,
                             info.model_id, data.name, data.class_names, len(data.y_test),
-                            test.accuracy, test.loss)
+                            test.accuracy, test.loss,
+                            None if tracker.uploaded else tracker.record.folder)
 
 
 def training_config(run_id: str | None) -> Config | None:

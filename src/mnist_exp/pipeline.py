@@ -21,10 +21,12 @@ from mnist_exp.data import load_dataset
 from mnist_exp.interrupts import DeferredInterrupts
 from mnist_exp.model import build_model, compile_model
 from mnist_exp.preflight import check_fits_data, check_fits_memory
+from mnist_exp.record import RECORD_DIR, records_folder
 from mnist_exp.scoring import evaluate
 from mnist_exp.store import (
     SweepInfo,
     check_reachable,
+    check_usable,
     join_experiment,
     prepare_experiment,
     redact,
@@ -32,6 +34,7 @@ from mnist_exp.store import (
 )
 from mnist_exp.study import TrialLink
 from mnist_exp.train import execution_settings, fit, setup_runtime
+from mnist_exp.upload import LOGGED_MODEL
 
 log = logging.getLogger(__name__)
 
@@ -55,14 +58,15 @@ class RunContext:
 
 @dataclass(frozen=True)
 class RunResult:
-    run_id: str
+    run_id: str | None  # None: recorded offline, not uploaded yet
     run_name: str
-    experiment_id: str
+    experiment_id: str | None
     tracking_uri: str
     model_uri: str | None
     val_accuracy: float
     test_accuracy: float
     test_loss: float
+    kept_in: Path | None = None  # the record of a run the tracking server has not got (yet)
 
 
 def run_experiment(config: Config, context: RunContext = RunContext()) -> RunResult:
@@ -78,7 +82,10 @@ def run_experiment(config: Config, context: RunContext = RunContext()) -> RunRes
     d, t = config.data, config.trainer
     # Opening the store (~0.6 s, more when it is created) overlaps loading the data.
     pool = ThreadPoolExecutor(max_workers=1)
-    if context.sweep is None:
+    if config.tracking.offline:  # sync makes the experiment
+        check_usable(uri)
+        experiment = pool.submit(lambda: None)
+    elif context.sweep is None:
         check_reachable(uri)
         experiment = pool.submit(prepare_experiment, uri, config.tracking.experiment_name)
     else:  # the sweep checked the store and made the experiment and parent run before any job
@@ -114,22 +121,23 @@ def run_experiment(config: Config, context: RunContext = RunContext()) -> RunRes
         if context.sweep is not None:  # nests the run under the sweep's, in any process
             tags |= {"mlflow.parentRunId": context.sweep.parent_run_id,
                      "sweep.id": context.sweep.sweep_id, "sweep.job": str(context.job_number)}
-        interval = tracking.system_metrics_interval(config.tracking)
-        with tracking.tracked_run(experiment_id, run_name, tags, resume_run_id=resume_id,
-                                  system_metrics_interval=interval) as run_id:
-            checkpoint.claim(run_id)
+        with tracking.tracked_run(uri, experiment_id, run_name, tags, _record_dir(context),
+                                  config.tracking, resume_run_id=resume_id) as tracker:
+            if tracker.run_id is not None:
+                checkpoint.claim(tracker.run_id)
             with clock("tracking"):
                 splits = tracking.datasets(data)
                 if resume_id is None:
-                    tracking.log_config(config, context.hydra_dir)
-                    tracking.log_datasets(splits)
+                    tracking.log_config(tracker, config, context.hydra_dir)
+                    tracking.log_datasets(tracker, splits)
             with clock("train"):
-                callbacks = [tracking.EpochLogger(), *pruning.callbacks_for(context.trial)]
+                callbacks = [tracking.EpochLogger(tracker),
+                             *pruning.callbacks_for(context.trial, tracker)]
                 history = fit(model, data, t, callbacks=callbacks,
                               verbose=1 if context.progress_bar else 2,
                               backup_dir=checkpoint.backup_dir)
             if resume_id is not None:  # the curves need the epochs from before the interruption
-                history = tracking.epoch_history(run_id)
+                history = tracking.epoch_history(tracker.run_id)
             with clock("evaluate"), DeferredInterrupts():
                 # The kept model's validation score (with early stopping, the best epoch's, not
                 # the last's) is what sweeps optimise. The test set is touched once, after it.
@@ -140,23 +148,32 @@ def run_experiment(config: Config, context: RunContext = RunContext()) -> RunRes
             with clock("model_logging"), DeferredInterrupts():
                 registered = (config.tracking.registered_model_name
                               if config.tracking.register_model else None)
-                logged = (tracking.log_model(model, data.x_test[:2], test.probabilities[:2],
-                                             registered)
-                          if config.tracking.log_model else None)
+                model_uri = (tracking.log_model(tracker, model, data.x_test[:2],
+                                                test.probabilities[:2], registered)
+                             if config.tracking.log_model else None)
             with clock("plots"):
                 figures = {"curves.png": plots.plot_curves(history),
                            **plots.test_figures(test, data.x_test, data.class_names)}
             with clock("tracking"):
-                tracking.log_evaluation(test, figures, splits, logged and logged.model_id,
+                tracking.log_evaluation(tracker, test, figures, splits,
+                                        LOGGED_MODEL if config.tracking.log_model else None,
                                         final_val={"loss": val.loss, "accuracy": val.accuracy})
-            tracking.log_timings({**clock.seconds, **({"imports": context.import_seconds}
-                                                      if context.import_seconds else {})})
-            tracking.log_files(context.log_file)
+            tracking.log_timings(tracker, {**clock.seconds, **(
+                {"imports": context.import_seconds} if context.import_seconds else {})})
+            tracking.log_files(tracker, context.log_file)
         checkpoint.release()
-    return RunResult(run_id=run_id, run_name=run_name, experiment_id=experiment_id,
-                     tracking_uri=redact(uri), model_uri=logged and logged.model_uri,
+    return RunResult(run_id=tracker.run_id, run_name=run_name, experiment_id=experiment_id,
+                     tracking_uri=redact(uri), model_uri=model_uri,
                      val_accuracy=val.accuracy, test_accuracy=test.accuracy,
-                     test_loss=test.loss)
+                     test_loss=test.loss,
+                     kept_in=None if tracker.uploaded else tracker.record.folder)
+
+
+def _record_dir(context: RunContext) -> Path:
+    """The run's local record, in its Hydra output folder when it has one."""
+    folder = (context.hydra_dir.parent if context.hydra_dir is not None
+              else records_folder(context.launch_dir))
+    return folder / RECORD_DIR
 
 
 class _Stopwatch:

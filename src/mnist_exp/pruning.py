@@ -12,9 +12,9 @@ from __future__ import annotations
 import logging
 
 import keras
-import mlflow
 
 from mnist_exp.study import PRUNED_TAG, TrialLink, make_pruner, open_storage
+from mnist_exp.upload import Tracker
 
 log = logging.getLogger(__name__)
 MONITOR = "val_accuracy"
@@ -22,11 +22,12 @@ MONITOR = "val_accuracy"
 
 class PruneTrial(keras.callbacks.Callback):
     """Report val_accuracy per epoch to the trial; stop training once it should be pruned,
-    tagging the active MLflow run optuna.pruned=true. Training stops cleanly, so the run
+    tagging the run optuna.pruned=true. Training stops cleanly, so the run
     goes on to evaluate and record what it reached."""
 
-    def __init__(self, link: TrialLink) -> None:
+    def __init__(self, link: TrialLink, tracker: Tracker) -> None:
         super().__init__()
+        self.tracker = tracker
         import optuna
 
         study = optuna.load_study(study_name=link.study_name, storage=open_storage(link.storage),
@@ -43,12 +44,12 @@ class PruneTrial(keras.callbacks.Callback):
         if not last and self.trial.should_prune():
             self.pruned_at = epoch + 1
             self.trial.set_user_attr("pruned_at_epoch", self.pruned_at)
-            mlflow.set_tag(PRUNED_TAG, "true")
+            self.tracker.emit("tags", values={PRUNED_TAG: "true"})
             log.info("Optuna pruned trial %d after epoch %d (val_accuracy %.4f)",
                      self.trial.number, self.pruned_at, value)
             self.model.stop_training = True
 
 
-def callbacks_for(link: TrialLink | None) -> list[keras.callbacks.Callback]:
+def callbacks_for(link: TrialLink | None, tracker: Tracker) -> list[keras.callbacks.Callback]:
     """The pruning callback for a job that is an Optuna trial; none otherwise."""
-    return [PruneTrial(link)] if link is not None else []
+    return [PruneTrial(link, tracker)] if link is not None else []

@@ -30,7 +30,7 @@ from omegaconf import DictConfig
 from mnist_exp.config import ConfigError, UserError, first_line, parse_config
 from mnist_exp.native_log import quiet_native_startup
 from mnist_exp.preflight import check_fits_memory
-from mnist_exp.store import check_reachable, read_sweep_info, resolve_tracking_uri
+from mnist_exp.store import check_reachable, check_usable, read_sweep_info, resolve_tracking_uri
 from mnist_exp.study import TRIAL_ENV, TrialLink, resolve_storage
 from mnist_exp.sweep import finished_job, record_failed_job, threads_per_job
 
@@ -101,7 +101,11 @@ def check_overrides(overrides: list[str]) -> None:
             check_overrides([f"+{o}" if o.split("=")[0] == key else o for o in overrides])
         lines = [line.strip() for line in str(e).splitlines() if line.strip()]
         raise ConfigError(" ".join(lines[:2])) from None
-    check_reachable(resolve_tracking_uri(config.tracking.uri, Path.cwd()))
+    uri = resolve_tracking_uri(config.tracking.uri, Path.cwd())
+    if config.tracking.offline:
+        check_usable(uri)
+    else:
+        check_reachable(uri)
     check_fits_memory(config)
 
 
@@ -170,6 +174,15 @@ def experiment(cfg: DictConfig) -> float:
               "command to continue it", file=sys.stderr)
         raise SystemExit(130) from None
     _print_summary(result)
+    if result.kept_in is not None and config.tracking.offline:
+        print(f"Recorded offline in {result.kept_in}; upload it with: "
+              f"python -m mnist_exp.sync {result.kept_in}")
+    elif result.kept_in is not None:  # the tracking server was away at the end
+        from mnist_exp.upload import NotUploaded
+
+        if not sweeping:
+            exit_with(NotUploaded(result.kept_in, result.tracking_uri))
+        log.warning("%s", NotUploaded(result.kept_in, result.tracking_uri))
     return result.val_accuracy
 
 
@@ -199,7 +212,7 @@ def _record_failure(hydra_cfg, reason: str, started_ms: int) -> None:
 
 def exit_with(error: UserError | str, code: int = 2) -> None:
     print(f"mnist-exp: error: {error}", file=sys.stderr)
-    raise SystemExit(code)
+    raise SystemExit(getattr(error, "exit_code", code))
 
 
 def _unexpected(error: Exception, log_file: Path) -> str:
@@ -255,7 +268,8 @@ def _trial_link(hydra_cfg) -> TrialLink | None:
 def _print_summary(result) -> None:
     print(f"\nTest accuracy {result.test_accuracy:.4f} (loss {result.test_loss:.4f}); "
           f"validation accuracy {result.val_accuracy:.4f}")
-    print_run_link(result)
+    if result.run_id is not None:
+        print_run_link(result)
 
 
 def print_run_link(result) -> None:

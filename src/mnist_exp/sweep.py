@@ -21,6 +21,7 @@ Registered in conf/hydra/default.yaml; it only acts in multirun mode.
 from __future__ import annotations
 
 import atexit
+import json
 import logging
 import os
 import sys
@@ -49,6 +50,7 @@ from mnist_exp.store import (
 
 log = logging.getLogger(__name__)
 CHAMPION = "champion"
+SUMMARY_PENDING = "SUMMARY_PENDING"  # the sweep ended while its server was away
 
 
 def threads_per_job(launcher: DictConfig | dict, cores: int | None = None) -> int:
@@ -70,12 +72,15 @@ def _end_if_open(info: SweepInfo) -> None:
     import mlflow
 
     client = mlflow.MlflowClient(info.tracking_uri)
-    jobs = client.search_runs(
-        [info.experiment_id], "attributes.status = 'RUNNING' and "
-        f"tags.mlflow.parentRunId = '{info.parent_run_id}'")
-    for run in [*jobs, client.get_run(info.parent_run_id)]:
-        if run.info.status == "RUNNING":
-            client.set_terminated(run.info.run_id, "KILLED")
+    try:
+        jobs = client.search_runs(
+            [info.experiment_id], "attributes.status = 'RUNNING' and "
+            f"tags.mlflow.parentRunId = '{info.parent_run_id}'")
+        for run in [*jobs, client.get_run(info.parent_run_id)]:
+            if run.info.status == "RUNNING":
+                client.set_terminated(run.info.run_id, "KILLED")
+    except Exception as e:  # a server that went away: the jobs' records keep their ends
+        log.warning("could not mark the sweep's open runs KILLED: %s", str(e)[:200])
 
 
 def _crown(client, name: str, best) -> None:
@@ -194,6 +199,10 @@ class MlflowSweepCallback(Callback):
 
         sweep_dir = Path(config.hydra.sweep.dir)
         # Checks first: a sweep that cannot start leaves no folder behind.
+        if config.tracking.get("offline"):
+            raise UserError("tracking.offline=true: a sweep needs its tracking server (its jobs "
+                            "nest under a parent run made before they start); run offline one "
+                            "job at a time, or start a local server (README: tracking=server)")
         uri = _tracking_uri(config)
         check_reachable(uri)
         if is_slurm(config.hydra.launcher):
@@ -236,52 +245,85 @@ class MlflowSweepCallback(Callback):
         log.info("Resuming sweep %s: MLflow parent run %s", info.sweep_id, info.parent_run_id)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        import mlflow
+        """Upload what the jobs could not (their server was away), then the summary. If the
+        server is still away, the sweep is kept: one line, exit 3, and `python -m
+        mnist_exp.sync <sweep dir>` uploads the jobs and the summary later."""
+        from mnist_exp.upload import NotUploaded, ServerDown, upload_folder
 
-        from mnist_exp import report
-
-        info = read_sweep_info(Path(config.hydra.sweep.dir))
+        sweep_dir = Path(config.hydra.sweep.dir)
+        info = read_sweep_info(sweep_dir)
         if info is None:
             return
-        client = mlflow.MlflowClient(info.tracking_uri)
-        rows = report.rank(report.load_rows(client, [info.experiment_id], info.parent_run_id))
-        if info.resumed:  # a job that ran again counts once, as it ended now
-            rows = [r for r in rows if r.run_id not in _superseded(client, info)]
-        keys = report.differing_params(rows)
-        # A job can fail before its run exists (e.g. a bad value in the sweep): each failed
-        # job leaves a FAILED file in its folder (run.py).
-        failed = sorted(p.parent.name for p in Path(config.hydra.sweep.dir).glob("*/FAILED"))
-        client.log_text(info.parent_run_id, report.to_markdown(rows, keys), "sweep_ranking.md")
-        client.log_figure(info.parent_run_id, report.plot_comparison(rows, keys),
-                          "sweep_comparison.png")
-        client.log_metric(info.parent_run_id, "jobs", len(rows) + len(failed)
-                          - sum(r.status == "FAILED" for r in rows))
-        client.log_metric(info.parent_run_id, "failed_jobs", len(failed))
-        best = rows[0] if rows and rows[0].val_accuracy is not None else None
-        if best is not None:
-            client.log_metric(info.parent_run_id, "best_final_val_accuracy", best.val_accuracy)
-            if best.test_accuracy is not None:
-                client.log_metric(info.parent_run_id, "best_test_accuracy", best.test_accuracy)
-            client.set_tag(info.parent_run_id, "best_run_id", best.run_id)
-            client.set_tag(info.parent_run_id, "best_config", report.describe(best, keys))
-            if config.tracking.get("register_model"):
-                _crown(client, config.tracking.registered_model_name, best)
-        client.set_terminated(info.parent_run_id, "FINISHED" if best else "FAILED")
+        registered = (config.tracking.registered_model_name
+                      if config.tracking.get("register_model") else None)
+        try:
+            if upload_folder(sweep_dir, info.tracking_uri):
+                raise ServerDown("job runs not uploaded")
+            code = summarize(info, sweep_dir, registered)
+        except ServerDown:
+            (sweep_dir / SUMMARY_PENDING).write_text(json.dumps({"registered": registered}))
+            atexit.unregister(_end_if_open)
+            kept = NotUploaded(sweep_dir, info.tracking_uri, "the sweep's runs and summary are")
+            print(f"mnist-exp: error: {kept}", file=sys.stderr)
+            raise SystemExit(NotUploaded.exit_code) from None
         atexit.unregister(_end_if_open)
-        finished = sum(r.status == "FINISHED" for r in rows)
-        pruned = len(client.search_runs(
-            [info.experiment_id], f"tags.`mlflow.parentRunId` = '{info.parent_run_id}' and "
-            "tags.`optuna.pruned` = 'true'"))
-        print(f"\nSweep {info.sweep_id}: {finished} jobs finished"
-              f"{f' ({pruned} pruned by Optuna)' if pruned else ''}, {len(failed)} failed; "
-              f"ranking and plot on MLflow run {info.parent_run_id}")
-        if best is not None:
-            print(f"Best by validation accuracy ({best.val_accuracy:.4f}; test "
-                  f"{best.test_accuracy:.4f}): {report.describe(best, keys)}  [{best.run_id}]")
-        if failed:
-            first = Path(config.hydra.sweep.dir, failed[0], "FAILED").read_text().strip()
-            print(f"mnist-exp: error: {len(failed)} job(s) failed; job {failed[0]}: "
-                  f"{first.splitlines()[0] if first else 'no reason recorded'} (see FAILED "
-                  f"in the job folders {', '.join(failed)} under {config.hydra.sweep.dir})",
-                  file=sys.stderr)
-            raise SystemExit(1)
+        if code:
+            raise SystemExit(code)
+
+
+def summarize(info: SweepInfo, sweep_dir: Path, registered: str | None) -> int:
+    """Rank the sweep's jobs by validation accuracy, attach the table and a comparison plot
+    to the parent run, crown the best model, end the parent run, and print the outcome;
+    1 if a job failed, else 0. ServerDown if the store does not answer."""
+    import mlflow
+
+    from mnist_exp import report
+    from mnist_exp.upload import ServerDown, unreachable
+
+    client = mlflow.MlflowClient(info.tracking_uri)
+    try:
+        rows = report.rank(report.load_rows(client, [info.experiment_id], info.parent_run_id))
+    except Exception as e:
+        if unreachable(e):
+            raise ServerDown(str(e)) from e
+        raise
+    if info.resumed:  # a job that ran again counts once, as it ended now
+        rows = [r for r in rows if r.run_id not in _superseded(client, info)]
+    keys = report.differing_params(rows)
+    # A job can fail before its run exists (e.g. a bad value in the sweep): each failed
+    # job leaves a FAILED file in its folder (run.py).
+    failed = sorted(p.parent.name for p in sweep_dir.glob("*/FAILED"))
+    client.log_text(info.parent_run_id, report.to_markdown(rows, keys), "sweep_ranking.md")
+    client.log_figure(info.parent_run_id, report.plot_comparison(rows, keys),
+                      "sweep_comparison.png")
+    client.log_metric(info.parent_run_id, "jobs", len(rows) + len(failed)
+                      - sum(r.status == "FAILED" for r in rows))
+    client.log_metric(info.parent_run_id, "failed_jobs", len(failed))
+    best = rows[0] if rows and rows[0].val_accuracy is not None else None
+    if best is not None:
+        client.log_metric(info.parent_run_id, "best_final_val_accuracy", best.val_accuracy)
+        if best.test_accuracy is not None:
+            client.log_metric(info.parent_run_id, "best_test_accuracy", best.test_accuracy)
+        client.set_tag(info.parent_run_id, "best_run_id", best.run_id)
+        client.set_tag(info.parent_run_id, "best_config", report.describe(best, keys))
+        if registered:
+            _crown(client, registered, best)
+    client.set_terminated(info.parent_run_id, "FINISHED" if best else "FAILED")
+    (sweep_dir / SUMMARY_PENDING).unlink(missing_ok=True)
+    finished = sum(r.status == "FINISHED" for r in rows)
+    pruned = len(client.search_runs(
+        [info.experiment_id], f"tags.`mlflow.parentRunId` = '{info.parent_run_id}' and "
+        "tags.`optuna.pruned` = 'true'"))
+    print(f"\nSweep {info.sweep_id}: {finished} jobs finished"
+          f"{f' ({pruned} pruned by Optuna)' if pruned else ''}, {len(failed)} failed; "
+          f"ranking and plot on MLflow run {info.parent_run_id}")
+    if best is not None:
+        print(f"Best by validation accuracy ({best.val_accuracy:.4f}; test "
+              f"{best.test_accuracy:.4f}): {report.describe(best, keys)}  [{best.run_id}]")
+    if failed:
+        first = Path(sweep_dir, failed[0], "FAILED").read_text().strip()
+        print(f"mnist-exp: error: {len(failed)} job(s) failed; job {failed[0]}: "
+              f"{first.splitlines()[0] if first else 'no reason recorded'} (see FAILED "
+              f"in the job folders {', '.join(failed)} under {sweep_dir})", file=sys.stderr)
+        return 1
+    return 0

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
-import random
 import subprocess
 import sys
 import time
-import types
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib.metadata import version
 from pathlib import Path
@@ -21,16 +20,19 @@ import mlflow
 import numpy as np
 from matplotlib.figure import Figure
 from mlflow.data.dataset import Dataset as MlflowDataset
-from mlflow.entities import RunStatus
 from mlflow.models import infer_signature
-from mlflow.models.model import ModelInfo
+from mlflow.tracking.context.registry import resolve_tags
 from omegaconf import OmegaConf
 
 from mnist_exp import __version__
 from mnist_exp.config import Config, TrackingConfig, first_line, to_dict
 from mnist_exp.data import Dataset
+from mnist_exp.record import RunRecord
 from mnist_exp.scoring import Evaluation
 from mnist_exp.store import redact
+from mnist_exp.upload import NotUploaded, Tracker, bound_http_calls
+
+log = logging.getLogger(__name__)
 
 MODEL_NAME = "model"
 NOTE = "mlflow.note.content"  # the run's description in mlflow ui
@@ -38,32 +40,65 @@ SPLITS = ("training", "validation", "test")
 
 
 @contextmanager
-def tracked_run(experiment_id: str, run_name: str, tags: dict[str, str],
-                resume_run_id: str | None = None,
-                system_metrics_interval: float | None = None) -> Iterator[str]:
-    """An active MLflow run (its id is yielded) that always ends: FINISHED, FAILED with the
-    error as a tag, or KILLED on Ctrl-C or SIGTERM. With `resume_run_id`, that run is
-    reopened instead of a new one started. With `system_metrics_interval` (seconds), MLflow
-    samples CPU, memory, disk and network use in a thread as system/* metrics."""
-    if system_metrics_interval is not None:
-        mlflow.set_system_metrics_sampling_interval(system_metrics_interval)
-        # Its start and stop are announced at INFO: not the user's news.
-        logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
-    monitor = {"log_system_metrics": system_metrics_interval is not None}
-    if resume_run_id is not None:
-        started = mlflow.start_run(run_id=resume_run_id, **monitor)
-    else:
-        started = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags,
-                                   **monitor)
-    with started as run:
-        try:
-            yield run.info.run_id
-        except KeyboardInterrupt:
-            mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
-            raise
-        except BaseException as e:
-            mlflow.set_tag("error", f"{type(e).__name__}: {first_line(e)}"[:5000])
-            raise
+def tracked_run(uri: str, experiment_id: str | None, run_name: str, tags: dict[str, str],
+                record_dir: Path, settings: TrackingConfig,
+                resume_run_id: str | None = None) -> Iterator[Tracker]:
+    """A run that always ends, FINISHED, FAILED with the error as a tag, or KILLED on Ctrl-C
+    or SIGTERM, and whose every event is kept in a local record (`record_dir`) before it is
+    uploaded, so a tracking server that goes away costs nothing (upload.py). At the end
+    the server gets up to `settings.flush_timeout_s` to take what it missed; if it still
+    has not, `tracker.uploaded` is false (NotUploaded says what to tell the user). With
+    `resume_run_id`, that run is reopened instead of a new one started."""
+    if uri.startswith(("http://", "https://")):
+        bound_http_calls()
+    tracker = Tracker(RunRecord.create(record_dir), uri, offline=settings.offline)
+    tracker.record.hold()
+    # The tags mlflow.start_run would add: user, source (entry point), git commit.
+    tags = resolve_tags(tags)
+    tracker.emit("start", experiment_id=experiment_id, experiment_name=settings.experiment_name,
+                 run_name=run_name, tags=tags, start_time=_now(), resume_run_id=resume_run_id,
+                 tracking_uri=redact(uri))
+    monitor = _system_metrics(tracker, settings, resumed=resume_run_id is not None)
+    status = "FINISHED"
+    try:
+        yield tracker
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    except BaseException as e:
+        status = "FAILED"
+        tracker.emit("tags", values={"error": f"{type(e).__name__}: {first_line(e)}"[:5000]})
+        raise
+    finally:
+        if monitor is not None:
+            monitor.finish()
+        tracker.emit("end", status=status, end_time=_now())
+        # Ctrl-C asked to stop now: no long wait for a server that is away.
+        timeout = settings.flush_timeout_s if status == "FINISHED" else min(
+            settings.flush_timeout_s, 5.0)
+        tracker.uploaded = tracker.finish(timeout)
+        tracker.record.let_go()
+        if not tracker.uploaded and status != "FINISHED":
+            log.warning("%s", NotUploaded(tracker.record.folder, uri))
+
+
+def _system_metrics(tracker: Tracker, settings: TrackingConfig, resumed: bool) -> Any:
+    """MLflow's sampler of CPU, memory, disk and network use (system/* metrics), in its
+    own thread; not recorded locally (a server that is away misses those samples)."""
+    if not settings.system_metrics or tracker.run_id is None:
+        return None
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    # Its start and stop are announced at INFO: not the user's news.
+    logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
+    monitor = SystemMetricsMonitor(tracker.run_id, settings.system_metrics_interval,
+                                   resume_logging=resumed, tracking_uri=tracker.uri)
+    monitor.start()
+    return monitor
+
+
+def _now() -> int:
+    return int(time.time() * 1000)
 
 
 def run_tags(overrides: tuple[str, ...], settings: TrackingConfig, kind: str = "training",
@@ -85,20 +120,26 @@ def run_tags(overrides: tuple[str, ...], settings: TrackingConfig, kind: str = "
     return tags | settings.tags
 
 
-def system_metrics_interval(settings: TrackingConfig) -> float | None:
-    """The sampling interval tracked_run takes: None when system metrics are off."""
-    return settings.system_metrics_interval if settings.system_metrics else None
-
-
-def log_config(config: Config, hydra_dir: Path | None) -> None:
+def log_config(tracker: Tracker, config: Config, hydra_dir: Path | None) -> None:
     """The resolved config as params (dotted keys) and as config.yaml; Hydra's own record
     of the job (.hydra/: config, overrides) under hydra/."""
     values = to_dict(config)
-    mlflow.log_params({key: redact(value) if isinstance(value, str) else value
-                       for key, value in flatten(values).items()})
-    mlflow.log_text(OmegaConf.to_yaml(values), "config.yaml")
+    log_params(tracker, values)
+    log_text(tracker, OmegaConf.to_yaml(values), "config.yaml")
     if hydra_dir is not None and hydra_dir.is_dir():
-        mlflow.log_artifacts(str(hydra_dir), "hydra")
+        tracker.emit("artifact", file=tracker.record.keep(hydra_dir, "hydra"),
+                     artifact_path="hydra")
+
+
+def log_params(tracker: Tracker, values: dict[str, Any]) -> None:
+    """Nested values as params with dotted keys, secrets in URIs redacted."""
+    tracker.emit("params", values={key: redact(value) if isinstance(value, str) else value
+                                   for key, value in flatten(values).items()})
+
+
+def log_text(tracker: Tracker, text: str, artifact_file: str) -> None:
+    tracker.written(artifact_file).write_text(text)
+    tracker.done_writing(artifact_file)
 
 
 def datasets(data: Dataset, splits: tuple[str, ...] = SPLITS) -> dict[str, MlflowDataset]:
@@ -115,65 +156,78 @@ def datasets(data: Dataset, splits: tuple[str, ...] = SPLITS) -> dict[str, Mlflo
     return found
 
 
-def log_datasets(splits: dict[str, MlflowDataset]) -> None:
+def log_datasets(tracker: Tracker, splits: dict[str, MlflowDataset]) -> None:
     """The splits as the run's dataset inputs."""
     for context, dataset in splits.items():
-        _retrying(lambda dataset=dataset, context=context:
-                  mlflow.log_input(dataset, context=context))
+        entity = dataset._to_mlflow_entity()
+        tracker.emit("input", context=context, dataset={
+            "name": entity.name, "digest": entity.digest, "source_type": entity.source_type,
+            "source": entity.source, "schema": entity.schema, "profile": entity.profile})
 
 
-def log_evaluation(evaluation: Evaluation, figures: dict[str, Figure],
+def log_evaluation(tracker: Tracker, evaluation: Evaluation, figures: dict[str, Figure],
                    splits: dict[str, MlflowDataset], model_id: str | None,
                    final_val: dict[str, float] | None = None) -> None:
     """Test metrics (overall and per class), the kept model's validation scores, the
     classification report and the figures. The metrics are the run's and, linked by
     `model_id` and the split they were measured on, the logged model's too (so models can
-    be ranked by them: mlflow.search_logged_models, mlflow ui's Models tab)."""
-    mlflow.log_metrics(evaluation.metrics("test"), model_id=model_id, dataset=splits["test"])
+    be ranked by them: mlflow.search_logged_models, mlflow ui's Models tab). `model_id`
+    LOGGED_MODEL means the model this run logged, whenever the server gets it."""
+    log_metrics(tracker, evaluation.metrics("test"), model_id=model_id, dataset=splits["test"])
     if final_val is not None:
-        mlflow.log_metrics({f"final_val_{k}": v for k, v in final_val.items()},
-                           model_id=model_id, dataset=splits["validation"])
-    mlflow.log_text(evaluation.report_text, "classification_report.txt")
-    mlflow.log_dict({k: v for k, v in evaluation.report.items() if k != "class_names"},
-                    "classification_report.json")
+        log_metrics(tracker, {f"final_val_{k}": v for k, v in final_val.items()},
+                    model_id=model_id, dataset=splits["validation"])
+    log_text(tracker, evaluation.report_text, "classification_report.txt")
+    log_text(tracker, json.dumps({k: v for k, v in evaluation.report.items()
+                                  if k != "class_names"}, indent=2), "classification_report.json")
     for name, figure in figures.items():
-        mlflow.log_figure(figure, name)
+        figure.savefig(tracker.written(name))
+        tracker.done_writing(name)
 
 
-def log_model(model: keras.Model, example: np.ndarray, example_output: np.ndarray,
-              registered_name: str | None = None) -> ModelInfo:
-    """Log the model with MLflow's Keras flavour, a signature (from an example input and the
-    model's output for it, already computed) and the input example, and register it as a
-    new version of `registered_name` if given; return its info (model_uri models:/<id>)."""
+def log_metrics(tracker: Tracker, values: dict[str, float], step: int = 0,
+                model_id: str | None = None, dataset: MlflowDataset | None = None) -> None:
+    tracker.emit("metrics", values={k: float(v) for k, v in values.items()}, step=step,
+                 timestamp=_now(), model=model_id,
+                 dataset=dataset and {"name": dataset.name, "digest": dataset.digest})
+
+
+def log_model(tracker: Tracker, model: keras.Model, example: np.ndarray,
+              example_output: np.ndarray, registered_name: str | None = None) -> str | None:
+    """Save the model in the record with MLflow's Keras flavour, a signature (from an
+    example input and the model's output for it, already computed) and the input example,
+    then log it as the run's LoggedModel, registered as a new version of `registered_name`
+    if given. Its model URI (models:/<id>), or None while the server has not got it."""
     example = example.astype(np.float32)
-    signature = infer_signature(example, example_output)
-    info = mlflow.models.Model.log(
-        artifact_path=None,
-        name=MODEL_NAME,
-        flavor=_KERAS_FLAVOR,
-        model=model,
-        signature=signature,
-        input_example=example,
-        registered_model_name=registered_name,
-        # The example's round trip through the saved model is checked by our tests; doing
-        # it on every run would reload the model (~0.3 s).
-        validate_serving_input=False,
+    _save_keras_model(
+        str(tracker.record.folder / "model"), model=model,
+        signature=infer_signature(example, example_output), input_example=example,
         # Explicit requirements: inferring them costs ~10 s in a subprocess importing TF.
-        pip_requirements=[f"{pkg}=={version(pkg)}" for pkg in ("tensorflow", "keras", "numpy")],
-    )
-    return info
+        pip_requirements=[f"{pkg}=={version(pkg)}" for pkg in ("tensorflow", "keras", "numpy")])
+    tracker.emit("model", folder="model", name=MODEL_NAME, registered_name=registered_name)
+    model_id = tracker.record.ids.get("model_id")
+    return model_id and f"models:/{model_id}"
 
 
-class EpochLogger(mlflow.keras.MlflowCallback):
-    """MLflow's Keras callback plus the learning rate per epoch, minus its step-less
-    duplicates of the validation metrics (Keras already reports val_* per epoch)."""
+class EpochLogger(keras.callbacks.Callback):
+    """What MLflow's Keras callback records (the optimizer's settings as optimizer_*
+    params, the model summary, each epoch's metrics) plus the learning rate per epoch,
+    through the run's record."""
+
+    def __init__(self, tracker: Tracker) -> None:
+        super().__init__()
+        self.tracker = tracker
+
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        config = self.model.optimizer.get_config()
+        self.tracker.emit("params", values={f"optimizer_{k}": str(v) for k, v in config.items()})
+        lines: list[str] = []
+        self.model.summary(print_fn=lambda line, *args, **kwargs: lines.append(line))
+        log_text(self.tracker, "\n".join(lines), "model_summary.txt")
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         rate = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
-        super().on_epoch_end(epoch, {**(logs or {}), "learning_rate": rate})
-
-    def on_test_end(self, logs: dict[str, Any] | None = None) -> None:
-        pass
+        log_metrics(self.tracker, {**(logs or {}), "learning_rate": rate}, step=epoch)
 
 
 def epoch_history(run_id: str, metrics: tuple[str, ...] = ("loss", "accuracy", "val_loss",
@@ -190,33 +244,16 @@ def epoch_history(run_id: str, metrics: tuple[str, ...] = ("loss", "accuracy", "
     return history
 
 
-def log_timings(seconds: dict[str, float]) -> None:
+def log_timings(tracker: Tracker, seconds: dict[str, float]) -> None:
     """Wall time per phase as metrics time_<phase>_s."""
-    mlflow.log_metrics({f"time_{phase}_s": value for phase, value in seconds.items()})
+    log_metrics(tracker, {f"time_{phase}_s": value for phase, value in seconds.items()})
 
 
-def log_files(*paths: Path | None) -> None:
-    """Attach existing files (e.g. the job's log) to the active run."""
+def log_files(tracker: Tracker, *paths: Path | None) -> None:
+    """Attach existing files (e.g. the job's log) to the run."""
     for path in paths:
         if path is not None and path.is_file():
-            mlflow.log_artifact(str(path))
-
-
-def _retrying(write: Callable[[], Any], attempts: int = 6) -> Any:
-    """An MLflow write that parallel jobs on one store can collide on: two jobs inserting
-    the same dataset at once (a unique constraint fails for the second, in SQLite or, through
-    a tracking server, in PostgreSQL; on retry it finds the first's row), or a SQLite
-    database briefly locked. Retried with backoff."""
-    for attempt in range(attempts):
-        try:
-            return write()
-        except mlflow.exceptions.MlflowException as e:
-            collided = any(sign in str(e) for sign in (
-                "UNIQUE constraint failed", "database is locked",
-                "duplicate key value violates unique constraint"))
-            if not collided or attempt == attempts - 1:
-                raise
-            time.sleep(0.1 * 2**attempt * (1 + random.random()))
+            tracker.keep_file(path)
 
 
 def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -238,8 +275,6 @@ def _save_keras_model(path: str, validate_serving_input: bool = True, **kwargs: 
     os.makedirs(path, exist_ok=True)
     mlflow.keras.save_model(path=path, **kwargs)
 
-
-_KERAS_FLAVOR = types.SimpleNamespace(__name__="mlflow.keras", save_model=_save_keras_model)
 
 
 def _git_state(folder: Path) -> tuple[str | None, bool]:
