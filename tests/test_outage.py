@@ -4,6 +4,7 @@ on 127.0.0.1, stopped and started again by the tests, and `python -m mnist_exp.s
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -102,6 +103,7 @@ def assert_complete(client, run, epochs: int = EPOCHS) -> None:
     assert "test_accuracy" in {m.key for m in linked}
 
 
+@pytest.mark.slow
 def test_a_server_that_comes_back_before_the_end_gets_everything(server, tmp_path):
     work = tmp_path / "work"
     work.mkdir()
@@ -162,6 +164,11 @@ def test_offline_runs_record_locally_and_sync_uploads_them_once(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Recorded offline in" in result.stdout
     assert not (tmp_path / "team.db").exists()  # no store was touched
+    # A run whose process died (kill -9, a crash) leaves a record with no end.
+    died = tmp_path / "elsewhere" / "died" / "mlflow_record"
+    shutil.copytree(tmp_path / "outputs" / "offline" / "mlflow_record", died)
+    events = (died / "events.jsonl").read_text().splitlines()
+    (died / "events.jsonl").write_text("\n".join(events[:len(events) // 2]) + "\n")
     synced = run_module("mnist_exp.sync", cwd=tmp_path)
     assert synced.returncode == 0, synced.stderr[-3000:]
     client, run = the_run(store)
@@ -171,6 +178,12 @@ def test_offline_runs_record_locally_and_sync_uploads_them_once(tmp_path):
     assert again.returncode == 0 and "nothing to upload" in again.stdout
     assert len(client.search_runs([run.info.experiment_id])) == 1
     assert len(client.get_metric_history(run.info.run_id, "loss")) == 2
+
+    synced = run_module("mnist_exp.sync", "elsewhere", cwd=tmp_path)
+    assert synced.returncode == 0, synced.stderr[-3000:]
+    assert " KILLED" in synced.stdout
+    runs = client.search_runs([run.info.experiment_id])
+    assert sorted(r.info.status for r in runs) == ["FINISHED", "KILLED"]
 
 
 def test_offline_needs_no_resume_and_no_sweep(tmp_path):

@@ -30,9 +30,13 @@ class RunRecord:
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
+        self.reload()
+
+    def reload(self) -> None:
+        """Read the journal again (another process may have added to it)."""
         self._events: list[dict[str, Any]] = []
-        if (folder / EVENTS).is_file():
-            with (folder / EVENTS).open() as f:
+        if (self.folder / EVENTS).is_file():
+            with (self.folder / EVENTS).open() as f:
                 self._events = [json.loads(line) for line in f if line.strip()]
 
     @classmethod
@@ -102,7 +106,8 @@ class RunRecord:
         return str(target.relative_to(self.folder))
 
     def hold(self) -> None:
-        """Mark the record as its run's, while the run lives (sync leaves it alone)."""
+        """Take the record for this process (its run, while it lives, or a sync), or
+        BlockingIOError if another has it."""
         self._lock = (self.folder / "lock").open("w")
         fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
@@ -111,18 +116,6 @@ class RunRecord:
         if lock is not None:
             lock.close()
             self._lock = None
-
-    @property
-    def live(self) -> bool:
-        """Whether a running process holds this record."""
-        try:
-            with (self.folder / "lock").open("a") as f:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        except OSError:
-            return False
-        return False
 
     def discard_copies(self) -> None:
         """After a complete upload: the server has the files; keep only the journal."""

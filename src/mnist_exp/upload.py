@@ -305,25 +305,42 @@ def upload_folder(folder: Path, uri: str | None = None,
     bound_http_calls()
     left = []
     for record in find_records([folder]):
-        if not record.pending or record.live:
+        if not record.pending:
             continue
-        target = uri or record.events[0].get("tracking_uri", "")
-        if "***" in target:
-            raise UserError(f"{record.folder}: its tracking URI has a password ({target}); "
-                            "give it with --tracking-uri or MLFLOW_TRACKING_URI")
-        if not record.ended:
-            last = max((e.get("timestamp") or e.get("start_time") or 0) for e in record.events)
-            record.append("end", status="KILLED", end_time=last)
-        uploader = Uploader(record, target)
-        uploader.careful = True
+        try:  # a live run's record, or one another sync is uploading, waits
+            record.hold()
+        except BlockingIOError:
+            continue
+        try:
+            record.reload()
+            if _upload_record(record, uri):
+                left.append(record)
+            elif report is not None:
+                report(record)
+        finally:
+            record.let_go()
+    return left
+
+
+def _upload_record(record: RunRecord, uri: str | None) -> bool:
+    """Upload one record; whether its server was away."""
+    target = uri or record.events[0].get("tracking_uri", "")
+    if "***" in target:
+        raise UserError(f"{record.folder}: its tracking URI has a password ({target}); "
+                        "give it with --tracking-uri or MLFLOW_TRACKING_URI")
+    if not record.ended:
+        last = max((e.get("timestamp") or e.get("start_time") or 0) for e in record.events)
+        record.append("end", status="KILLED", end_time=last)
+    uploader = Uploader(record, target)
+    uploader.careful = True
+    while record.pending:
         try:
             uploader.upload()
         except ServerDown:
-            left.append(record)
-            continue
-        if report is not None:
-            report(record)
-    return left
+            return True
+        except Exception as e:  # that event is passed over; the rest still goes up
+            log.warning("%s: one event not uploaded: %s", record.folder, first_line(e))
+    return False
 
 
 def retrying(write: Any, attempts: int = 6) -> Any:
