@@ -67,12 +67,13 @@ def tracked_run(uri: str, experiment_id: str | None, run_name: str, tags: dict[s
         raise
     except BaseException as e:
         status = "FAILED"
-        tracker.emit("tags", values={"error": f"{type(e).__name__}: {first_line(e)}"[:5000]})
+        _emit_at_end(tracker, "tags",
+                     values={"error": f"{type(e).__name__}: {first_line(e)}"[:5000]})
         raise
     finally:
         if monitor is not None:
             monitor.finish()
-        tracker.emit("end", status=status, end_time=_now())
+        _emit_at_end(tracker, "end", status=status, end_time=_now())
         # Ctrl-C asked to stop now: no long wait for a server that is away.
         timeout = settings.flush_timeout_s if status == "FINISHED" else min(
             settings.flush_timeout_s, 5.0)
@@ -80,6 +81,14 @@ def tracked_run(uri: str, experiment_id: str | None, run_name: str, tags: dict[s
         tracker.record.let_go()
         if not tracker.uploaded and status != "FINISHED":
             log.warning("%s", NotUploaded(tracker.record.folder, uri))
+
+
+def _emit_at_end(tracker: Tracker, op: str, **fields: Any) -> None:
+    """Record the run's error or end without masking the exception that ended it."""
+    try:
+        tracker.emit(op, **fields)
+    except Exception as e:
+        log.warning("the store refused the run's %s: %s", op, first_line(e))
 
 
 def _system_metrics(tracker: Tracker, settings: TrackingConfig, resumed: bool) -> Any:

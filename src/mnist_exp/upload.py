@@ -16,6 +16,7 @@ import os
 import shutil
 import time
 import types
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -234,6 +235,7 @@ class Tracker:
         self.uploader = Uploader(record, uri)
         self.probe_every_s = probe_every_s
         self._next_probe: float | None = None  # set while the server is away
+        self.uploaded = False  # set by tracking.tracked_run at the run's end
 
     @property
     def run_id(self) -> str | None:
@@ -298,7 +300,7 @@ class Tracker:
 
 
 def upload_folder(folder: Path, uri: str | None = None,
-                  report: Any = None) -> list[RunRecord]:
+                  report: Callable[[RunRecord], None] | None = None) -> list[RunRecord]:
     """Upload every record under `folder` that its server lacks, each to `uri` or else to
     the store it names; the records still pending (server away). A record whose process
     died without ending it (killed, a crash) is ended KILLED. Records of live runs wait."""
