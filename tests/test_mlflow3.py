@@ -119,3 +119,28 @@ def test_an_unknown_model_is_one_line_and_exit_2(model_uri, tmp_path):
     store = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert store.search_runs([e.experiment_id for e in store.search_experiments()]) == []
 
+
+
+def test_checkpoints_are_logged_models_with_their_validation_metrics(tmp_path):
+    result = run_module("mnist_exp.run", "data=mnist_sample", "data.max_train_samples=600",
+                        "data.max_test_samples=300", "trainer.epochs=3",
+                        "tracking.checkpoint_every=2", "tracking.system_metrics=false",
+                        "hydra.run.dir=out", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    [run] = client.search_runs([client.get_experiment_by_name("mnist_sample").experiment_id])
+    models = {m.name: m for m in client.search_logged_models([run.info.experiment_id])}
+    assert set(models) == {"model", "checkpoint-epoch-2"}
+    checkpoint = models["checkpoint-epoch-2"]
+    assert checkpoint.source_run_id == run.info.run_id
+    linked = {m.key: m for m in checkpoint.metrics}
+    assert set(linked) == {"val_accuracy", "val_loss"}
+    history = {m.step: m.value for m in client.get_metric_history(run.info.run_id,
+                                                                  "val_accuracy")}
+    assert sorted(history) == [0, 1, 2]  # each epoch once: the checkpoint's are linked
+    assert linked["val_accuracy"].step == 1 and linked["val_accuracy"].value == history[1]
+    assert linked["val_accuracy"].dataset_name == "mnist_sample-validation"
+    steps = {o.model_id: o.step for o in run.outputs.model_outputs}
+    assert steps[checkpoint.model_id] == 1
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert mlflow.keras.load_model(f"models:/{checkpoint.model_id}").count_params() > 0

@@ -237,6 +237,9 @@ class TrackingConfig(Section):
                                                  "'+tracking.tags.team=vision'")
     description: str | None = Field(None, description="the run's description in mlflow ui "
                                                        "(tag mlflow.note.content)")
+    checkpoint_every: Count | None = Field(None, description="every N epochs, log the model "
+                                                             "as a checkpoint LoggedModel with "
+                                                             "its validation metrics; null: off")
     offline: bool = Field(False, description="record the run locally only, to upload later "
                                              "with python -m mnist_exp.sync")
     flush_timeout_s: NonNegative = Field(30.0, description="seconds a run's end waits for an "

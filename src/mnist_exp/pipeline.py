@@ -131,7 +131,10 @@ def run_experiment(config: Config, context: RunContext = RunContext()) -> RunRes
                     tracking.log_config(tracker, config, context.hydra_dir)
                     tracking.log_datasets(tracker, splits)
             with clock("train"):
-                callbacks = [tracking.EpochLogger(tracker),
+                every = config.tracking.checkpoint_every
+                checkpoints = (tracking.Checkpoints(tracker, every, splits["validation"],
+                                                    data.x_test[:2]) if every else None)
+                callbacks = [tracking.EpochLogger(tracker, checkpoints),
                              *pruning.callbacks_for(context.trial, tracker)]
                 history = fit(model, data, t, callbacks=callbacks,
                               verbose=1 if context.progress_bar else 2,

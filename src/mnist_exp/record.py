@@ -119,7 +119,7 @@ class RunRecord:
 
     def discard_copies(self) -> None:
         """After a complete upload: the server has the files; keep only the journal."""
-        for name in ("files", "model"):
+        for name in ("files", "model", "checkpoints"):
             shutil.rmtree(self.folder / name, ignore_errors=True)
 
 

@@ -30,7 +30,7 @@ from mnist_exp.data import Dataset
 from mnist_exp.record import RunRecord
 from mnist_exp.scoring import Evaluation
 from mnist_exp.store import redact
-from mnist_exp.upload import NotUploaded, Tracker, bound_http_calls
+from mnist_exp.upload import LOGGED_MODEL, NotUploaded, Tracker, bound_http_calls
 
 log = logging.getLogger(__name__)
 
@@ -207,12 +207,7 @@ def log_model(tracker: Tracker, model: keras.Model, example: np.ndarray,
     example input and the model's output for it, already computed) and the input example,
     then log it as the run's LoggedModel, registered as a new version of `registered_name`
     if given. Its model URI (models:/<id>), or None while the server has not got it."""
-    example = example.astype(np.float32)
-    _save_keras_model(
-        str(tracker.record.folder / "model"), model=model,
-        signature=infer_signature(example, example_output), input_example=example,
-        # Explicit requirements: inferring them costs ~10 s in a subprocess importing TF.
-        pip_requirements=[f"{pkg}=={version(pkg)}" for pkg in ("tensorflow", "keras", "numpy")])
+    save_model(tracker.record.folder / "model", model, example, example_output)
     tracker.emit("model", folder="model", name=MODEL_NAME, registered_name=registered_name)
     model_id = tracker.record.ids.get("model_id")
     return model_id and f"models:/{model_id}"
@@ -221,11 +216,13 @@ def log_model(tracker: Tracker, model: keras.Model, example: np.ndarray,
 class EpochLogger(keras.callbacks.Callback):
     """What MLflow's Keras callback records (the optimizer's settings as optimizer_*
     params, the model summary, each epoch's metrics) plus the learning rate per epoch,
-    through the run's record."""
+    through the run's record; with `checkpoints`, the model every so many epochs, its
+    validation metrics linked to it."""
 
-    def __init__(self, tracker: Tracker) -> None:
+    def __init__(self, tracker: Tracker, checkpoints: Checkpoints | None = None) -> None:
         super().__init__()
         self.tracker = tracker
+        self.checkpoints = checkpoints
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         config = self.model.optimizer.get_config()
@@ -236,7 +233,36 @@ class EpochLogger(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         rate = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
-        log_metrics(self.tracker, {**(logs or {}), "learning_rate": rate}, step=epoch)
+        logs = {**(logs or {}), "learning_rate": rate}
+        if self.checkpoints is not None and self.checkpoints.due(epoch):
+            checkpoint = self.checkpoints.log(self.model, epoch)
+            scores = {k: logs.pop(k) for k in list(logs) if k.startswith("val_")}
+            log_metrics(self.tracker, scores, step=epoch, model_id=checkpoint,
+                        dataset=self.checkpoints.validation)
+        log_metrics(self.tracker, logs, step=epoch)
+
+
+class Checkpoints:
+    """Every `every` epochs, the model as a checkpoint LoggedModel (at step = epoch), to
+    which that epoch's validation metrics are linked: checkpoints can be ranked, and the
+    best loaded (models:/<id>), though training went on past it."""
+
+    def __init__(self, tracker: Tracker, every: int, validation: MlflowDataset,
+                 example: np.ndarray) -> None:
+        self.tracker, self.every, self.validation = tracker, every, validation
+        self.example = example.astype(np.float32)
+
+    def due(self, epoch: int) -> bool:
+        return (epoch + 1) % self.every == 0
+
+    def log(self, model: keras.Model, epoch: int) -> str:
+        """Save and log the checkpoint; its reference for metric events."""
+        name = f"checkpoint-epoch-{epoch + 1}"
+        folder = f"checkpoints/{name}"
+        output = model.predict(self.example, verbose=0)
+        save_model(self.tracker.record.folder / folder, model, self.example, output)
+        self.tracker.emit("model", folder=folder, name=name, checkpoint=name, step=epoch)
+        return f"{LOGGED_MODEL}:{name}"
 
 
 def epoch_history(run_id: str, metrics: tuple[str, ...] = ("loss", "accuracy", "val_loss",
@@ -275,6 +301,17 @@ def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[name] = value
     return flat
+
+
+def save_model(folder: Path, model: keras.Model, example: np.ndarray,
+               example_output: np.ndarray) -> None:
+    """The model in MLflow's Keras flavour, with a signature and the input example."""
+    example = example.astype(np.float32)
+    _save_keras_model(
+        str(folder), model=model, signature=infer_signature(example, example_output),
+        input_example=example,
+        # Explicit requirements: inferring them costs ~10 s in a subprocess importing TF.
+        pip_requirements=[f"{pkg}=={version(pkg)}" for pkg in ("tensorflow", "keras", "numpy")])
 
 
 def _save_keras_model(path: str, validate_serving_input: bool = True, **kwargs: Any) -> None:

@@ -32,7 +32,8 @@ from mnist_exp.store import check_reachable, prepare_experiment, redact
 
 log = logging.getLogger(__name__)
 
-LOGGED_MODEL = "@logged"  # a metric event's model: the model this run logged
+LOGGED_MODEL = "@logged"  # a metric event's model: the model this run logged (or, with
+# ":<name>" after it, the checkpoint of that name it logged)
 # Bound each call to a server: MLflow's defaults (7 retries with backoff, 120 s timeout)
 # keep a run waiting for minutes on a server that went away. The record makes retrying
 # here pointless: what fails is uploaded later.
@@ -167,8 +168,9 @@ class Uploader:
             raise
 
     def _metrics(self, event: dict[str, Any]) -> None:
-        model = event.get("model")
-        model_id = self.record.ids.get("model_id") if model == LOGGED_MODEL else model
+        model = event.get("model") or ""
+        model_id = (self.record.ids.get(_id_key(model.partition(":")[2]))
+                    if model.startswith(LOGGED_MODEL) else model or None)
         dataset = event.get("dataset") or {}
         points = []
         for key, value in event["values"].items():
@@ -201,10 +203,16 @@ class Uploader:
         mlflow.set_tracking_uri(self.uri)
         mlflow.set_experiment(experiment_id=experiment_id)
         info = Model.log(artifact_path=None, name=event["name"], run_id=self.run_id,
-                         model_id=existing, flavor=_saved_model(self.record.folder / "model"),
+                         model_id=existing, step=event.get("step", 0),
+                         flavor=_saved_model(self.record.folder / event["folder"]),
                          registered_model_name=event.get("registered_name"),
                          validate_serving_input=False)
-        self.record.set_id("model_id", info.model_id)
+        self.record.set_id(_id_key(event.get("checkpoint", "")), info.model_id)
+
+
+def _id_key(checkpoint: str) -> str:
+    """Where the record keeps a logged model's id: the run's model, or a checkpoint's."""
+    return f"model_id:{checkpoint}" if checkpoint else "model_id"
 
 
 def _saved_model(folder: Path) -> types.SimpleNamespace:
