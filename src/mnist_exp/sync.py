@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -24,9 +23,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("folders", nargs="*", type=Path, default=[Path("outputs")],
                         help="run or sweep output folders, or folders above them "
                              "(default: outputs)")
-    parser.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI"),
-                        help="upload here instead of to the store each record names "
-                             "(default: $MLFLOW_TRACKING_URI)")
+    parser.add_argument("--tracking-uri",
+                        help="upload here instead of to the store each record names (a "
+                             "record whose URI had a password, shown as ***, goes to "
+                             "$MLFLOW_TRACKING_URI)")
     args = parser.parse_args(argv)
     missing = [str(f) for f in args.folders if not f.is_dir()]
     if missing:

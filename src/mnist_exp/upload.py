@@ -335,9 +335,11 @@ def upload_folder(folder: Path, uri: str | None = None,
 def _upload_record(record: RunRecord, uri: str | None) -> bool:
     """Upload one record; whether its server was away."""
     target = uri or record.events[0].get("tracking_uri", "")
-    if "***" in target:
-        raise UserError(f"{record.folder}: its tracking URI has a password ({target}); "
-                        "give it with --tracking-uri or MLFLOW_TRACKING_URI")
+    if "***" in target:  # redacted when recorded
+        target = os.environ.get("MLFLOW_TRACKING_URI", "")
+        if not target:
+            raise UserError(f"{record.folder}: its tracking URI had a password; give the "
+                            "URI with --tracking-uri or MLFLOW_TRACKING_URI")
     if not record.ended:
         last = max((e.get("timestamp") or e.get("start_time") or 0) for e in record.events)
         record.append("end", status="KILLED", end_time=last)
