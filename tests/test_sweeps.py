@@ -158,3 +158,14 @@ def test_an_interrupted_sweep_leaves_nothing_running(mini, tmp_path, launcher):
     assert [r.info.status for r in children] == ["KILLED"] * jobs
     assert process.returncode == 130, stderr[-2000:]
     assert "Traceback" not in stderr
+
+
+def test_a_job_that_failed_before_its_run_does_not_make_every_key_a_difference():
+    from mnist_exp.report import Row, describe, differing_params
+
+    full = {"optimizer.learning_rate": "0.001", "trainer.epochs": "10", "model.dropout": "0.1"}
+    rows = [Row("a", "a", "FINISHED", full, 0.9, 0.9, 1.0),
+            Row("b", "b", "FINISHED", full | {"optimizer.learning_rate": "0.01"}, 0.8, 0.8, 1.0),
+            Row("c", "c", "FAILED", {"optimizer.learning_rate": "1e12"}, None, None, None)]
+    assert differing_params(rows) == ["optimizer.learning_rate"]
+    assert describe(rows[0], differing_params(rows)) == "optimizer.learning_rate=0.001"

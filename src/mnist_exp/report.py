@@ -60,9 +60,11 @@ def rank(rows: list[Row]) -> list[Row]:
 
 
 def differing_params(rows: list[Row]) -> list[str]:
-    """The config keys whose values differ between the runs: what the comparison is about."""
+    """The config keys whose values differ between the runs that have them: what the
+    comparison is about. (A job that failed before its run started recorded only its
+    overrides; the keys it lacks do not make every other key a difference.)"""
     keys = sorted({k for r in rows for k in r.params if not k.startswith(_NOT_A_DIFFERENCE)})
-    return [k for k in keys if len({r.params.get(k) for r in rows}) > 1]
+    return [k for k in keys if len({r.params[k] for r in rows if k in r.params}) > 1]
 
 
 def describe(row: Row, keys: list[str]) -> str:
