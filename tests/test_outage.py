@@ -103,15 +103,21 @@ def assert_complete(client, run, epochs: int = EPOCHS) -> None:
     assert "test_accuracy" in {m.key for m in linked}
 
 
-@pytest.mark.slow
-def test_a_server_that_comes_back_before_the_end_gets_everything(server, tmp_path):
-    work = tmp_path / "work"
+def run_losing_the_server(server: Server, work: Path, flush_timeout_s: int):
+    """A run (into work/run) whose server is stopped once its third epoch starts."""
     work.mkdir()
     run = start_module("mnist_exp.run", f"tracking.uri={server.url}", *LONG,
-                       f"trainer.epochs={EPOCHS}", "tracking.flush_timeout_s=120",
+                       f"trainer.epochs={EPOCHS}", f"tracking.flush_timeout_s={flush_timeout_s}",
                        "hydra.run.dir=run", cwd=work)
     wait_for_epoch(run, 3)
     server.stop()
+    return run
+
+
+@pytest.mark.slow
+def test_a_server_that_comes_back_before_the_end_gets_everything(server, tmp_path):
+    work = tmp_path / "work"
+    run = run_losing_the_server(server, work, flush_timeout_s=120)
     threading.Timer(1.0, server.start).start()
     out, err = run.communicate(timeout=300)
     assert run.returncode == 0, err[-3000:]
@@ -126,12 +132,7 @@ def test_a_server_that_comes_back_before_the_end_gets_everything(server, tmp_pat
 
 def test_a_server_that_stays_away_keeps_the_run_for_sync(server, tmp_path):
     work = tmp_path / "work"
-    work.mkdir()
-    run = start_module("mnist_exp.run", f"tracking.uri={server.url}", *LONG,
-                       f"trainer.epochs={EPOCHS}", "tracking.flush_timeout_s=3",
-                       "hydra.run.dir=run", cwd=work)
-    wait_for_epoch(run, 3)
-    server.stop()
+    run = run_losing_the_server(server, work, flush_timeout_s=3)
     stopped = time.monotonic()
     out, err = run.communicate(timeout=300)
     assert time.monotonic() - stopped < 60
