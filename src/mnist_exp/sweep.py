@@ -99,7 +99,7 @@ class MlflowSweepCallback(Callback):
             return
         client = mlflow.MlflowClient(info.tracking_uri)
         rows = report.rank(report.load_rows(client, [info.experiment_id], info.parent_run_id))
-        keys = report.differing_params(rows)
+        keys = report.differing_params(rows[:report.TOP])
         # A job can fail before its run exists (e.g. a bad value in the sweep): each failed
         # job leaves a FAILED file in its folder (run.py).
         failed = sorted(p.parent.name for p in Path(config.hydra.sweep.dir).glob("*/FAILED"))
