@@ -14,6 +14,7 @@ import argparse
 import itertools
 import json
 import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -104,10 +105,10 @@ def main() -> None:
               "epoch_seconds": epoch_seconds, "train_samples": n_train,
               "val_accuracy": float(val_accuracy), "test_accuracy": accuracy,
               "jax": jax.__version__, "device": str(jax.devices()[0])}
-    print(json.dumps(result, indent=2))
+    text = json.dumps(result, indent=2)
+    print(text)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
+        Path(args.json).write_text(text)
 
 
 if __name__ == "__main__":
