@@ -77,7 +77,8 @@ def fit(
     With `backup_dir`, the state after each finished epoch is kept there and a later call
     with the same folder continues from it; a loss that turns NaN or infinite stops
     training at once and raises TrainingDiverged. Ctrl-C or SIGTERM takes effect at the
-    end of the current step (see interrupts.py).
+    end of the current step (see interrupts.py); on the resident path a step is a whole
+    epoch (Fashion-MNIST on 2 cores: ~0.2 s), so the wait is at most one epoch.
     """
     stopping = cfg.early_stopping
     all_callbacks: list[keras.callbacks.Callback] = [keras.callbacks.TerminateOnNaN()]
