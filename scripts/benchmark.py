@@ -54,20 +54,26 @@ def main() -> None:
                      "epochs": args.epochs}
     print(f"benchmarking on {dataset} ({folder}), {args.epochs} epochs ...",
           file=sys.stderr)
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    def keep() -> None:  # after every step: a slow or stopped benchmark still leaves data
+        (args.out / "benchmark.json").write_text(json.dumps(results, indent=2))
+
     # Interleaved: each round runs every system once, so load from other users of the
     # machine falls on all of them alike; the table shows medians over the rounds.
-    rounds: dict[str, list[dict]] = {}
+    rounds: dict[str, list[dict]] = results.setdefault("rounds", {})
     for _ in range(args.repeats):
         for name, measure in systems(data_args, dataset, args.epochs).items():
             rounds.setdefault(name, []).append(measure())
-    results["rounds"] = rounds
-    for name, rows in rounds.items():
-        results[name] = rows[len(rows) // 2] if rows[0] else None
+            results[name] = sorted(rounds[name], key=lambda r: r.get("process_s", 0))[
+                len(rounds[name]) // 2] if rounds[name][0] else None
+            keep()
     results["startup"] = {flag: startup(flag) for flag in ("--help", "--cfg job")}
+    keep()
     results["full_run"] = full_run(dataset, args.full_run_epochs)
+    keep()
     results["report_2000"] = report_at_scale(2000)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "benchmark.json").write_text(json.dumps(results, indent=2))
+    keep()
     table = markdown(results)
     (args.out / "benchmark.md").write_text(table)
     print(table)
