@@ -10,6 +10,8 @@ from __future__ import annotations
 import keras
 import numpy as np
 
+from mnist_exp.order import epoch_order
+
 
 class BatchChunks(keras.utils.PyDataset):
     """The training set, reshuffled every epoch, as chunks of (up to) `steps` batches of
@@ -25,7 +27,8 @@ class BatchChunks(keras.utils.PyDataset):
         self.chunked = chunked
         self.max_shift, self.horizontal_flip = max_shift, horizontal_flip
         self.images, self.labels = images, labels
-        self.rng = np.random.default_rng(seed)
+        self.rng = np.random.default_rng(seed)  # augmentation only
+        self.seed, self.epoch = seed, 0
         full, rest = divmod(len(labels), batch_size)
         # Prefer a chunk size that divides the batches evenly: each distinct chunk shape
         # costs an XLA compilation (~1 s) in the first epoch.
@@ -36,7 +39,7 @@ class BatchChunks(keras.utils.PyDataset):
         if rest:  # first: Keras reads its input signature off items 0 and 1, and must see
             # that the batch size varies, or the smaller batch fails as a shape mismatch
             self.chunks.insert(0, (full * batch_size, 1, rest))
-        self.order = self.rng.permutation(len(labels))
+        self.order = self._order()
 
     def __len__(self) -> int:
         return len(self.chunks)
@@ -67,7 +70,11 @@ class BatchChunks(keras.utils.PyDataset):
         return images
 
     def on_epoch_end(self) -> None:
-        self.order = self.rng.permutation(len(self.labels))
+        self.epoch += 1
+        self.order = self._order()
+
+    def _order(self) -> np.ndarray:
+        return epoch_order(self.seed, self.epoch, len(self.labels)).numpy()
 
 
 def _span(shift: int) -> slice:

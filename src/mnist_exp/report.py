@@ -27,6 +27,7 @@ SWEEP_TAG = "mnist_exp.sweep"  # "parent" on a sweep's own run
 VALIDATION = "final_val_accuracy"
 TEST = "test_accuracy"
 _NOT_A_DIFFERENCE = ("tracking.", "optimizer_")  # bookkeeping, and Keras' own echo of params
+TOP = 20  # runs shown one by one in tables and plots; the rest as a distribution
 
 
 @dataclass(frozen=True)
@@ -71,15 +72,24 @@ def describe(row: Row, keys: list[str]) -> str:
     return " ".join(f"{k}={row.params.get(k)}" for k in keys) or row.name
 
 
-def to_markdown(rows: list[Row], keys: list[str]) -> str:
+def to_markdown(rows: list[Row], keys: list[str], top: int = TOP) -> str:
+    """The `top` best runs, one line each; the rest as one line of their distribution."""
     head = ["rank", "run", *keys, "val accuracy", "test accuracy", "seconds", "status"]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
-    for i, r in enumerate(rows, 1):
+    for i, r in enumerate(rows[:top], 1):
         name = r.run_id[:8] if keys else f"{r.name} ({r.run_id[:8]})"
         cells = [str(i), name, *(str(r.params.get(k)) for k in keys),
                  _fmt(r.val_accuracy), _fmt(r.test_accuracy),
                  "" if r.seconds is None else f"{r.seconds:.1f}", r.status]
         lines.append("| " + " | ".join(cells) + " |")
+    rest = rows[top:]
+    if rest:
+        scores = sorted(r.val_accuracy for r in rest if r.val_accuracy is not None)
+        spread = (f": val accuracy min {scores[0]:.4f}, quartiles "
+                  + ", ".join(f"{q:.4f}" for q in statistics.quantiles(scores, n=4))
+                  + f", max {scores[-1]:.4f}") if len(scores) > 1 else ""
+        lines.append(f"\n... and {len(rest)} more runs ({len(rest) - len(scores)} without a "
+                     f"score){spread}; see comparison.png")
     return "\n".join(lines) + "\n"
 
 
@@ -111,24 +121,36 @@ def _mean_sd(values: list[float]) -> str:
     return f"{mean} ± {statistics.stdev(values):.4f}" if len(values) > 1 else mean
 
 
-def plot_comparison(rows: list[Row], keys: list[str]) -> Figure:
-    """Validation (and, for reference, test) accuracy per run, best at the top."""
+def plot_comparison(rows: list[Row], keys: list[str], top: int = TOP) -> Figure:
+    """The `top` runs' validation (and, for reference, test) accuracy, best at the top;
+    beside them, when there are more, every run's validation accuracy as a histogram.
+    Drawing stays cheap at thousands of runs: one bar per shown run, one histogram."""
     scored = [r for r in rows if r.val_accuracy is not None]
-    fig = Figure(figsize=(9, 1.2 + 0.45 * max(1, len(scored))), layout="constrained")
-    ax = fig.subplots()
-    positions = range(len(scored))[::-1]
-    ax.barh([p + 0.2 for p in positions], [r.val_accuracy for r in scored], height=0.4,
+    shown = scored[:top]
+    fig = Figure(figsize=(9 if len(scored) <= top else 13, 1.2 + 0.45 * max(1, len(shown))),
+                 layout="constrained")
+    ax, *hist = fig.subplots(1, 1 if len(scored) <= top else 2, squeeze=False)[0]
+    positions = range(len(shown))[::-1]
+    ax.barh([p + 0.2 for p in positions], [r.val_accuracy for r in shown], height=0.4,
             label="validation (ranks)")
-    ax.barh([p - 0.2 for p in positions], [r.test_accuracy or 0 for r in scored], height=0.4,
+    ax.barh([p - 0.2 for p in positions], [r.test_accuracy or 0 for r in shown], height=0.4,
             label="test (reported)", alpha=0.6)
-    ax.set_yticks(list(positions), [describe(r, keys) for r in scored], fontsize=8)
-    low = min([r.val_accuracy for r in scored] + [r.test_accuracy or 1 for r in scored],
+    ax.set_yticks(list(positions), [describe(r, keys) for r in shown], fontsize=8)
+    low = min([r.val_accuracy for r in shown] + [r.test_accuracy or 1 for r in shown],
               default=0)
     ax.set_xlim(max(0.0, low - 0.05), 1.0)
     ax.set_xlabel("accuracy")
-    ax.set_title("Runs ranked by validation accuracy")
+    ax.set_title(f"Best {len(shown)} of {len(rows)} runs by validation accuracy")
     ax.grid(axis="x", alpha=0.3)
     ax.legend(loc="lower right")
+    for axis in hist:
+        axis.hist([r.val_accuracy for r in scored], bins=40)
+        axis.axvline(shown[-1].val_accuracy, color="black", linestyle="--",
+                     label=f"best {len(shown)}")
+        axis.set_xlabel("validation accuracy")
+        axis.set_ylabel("runs")
+        axis.set_title(f"All {len(scored)} scored runs")
+        axis.legend()
     return fig
 
 
@@ -185,7 +207,7 @@ def _query(args: argparse.Namespace) -> tuple[list[Row], list[str]]:
         raise UserError(first_line(e)) from None
     if not rows:
         raise UserError("no runs to compare there")
-    return rows, differing_params(rows)
+    return rows, differing_params(rows[:TOP])  # the columns that tell the shown runs apart
 
 
 def _fmt(value: float | None) -> str:

@@ -289,7 +289,7 @@ def summarize(info: SweepInfo, sweep_dir: Path, registered: str | None) -> int:
         raise
     if info.resumed:  # a job that ran again counts once, as it ended now
         rows = [r for r in rows if r.run_id not in _superseded(client, info)]
-    keys = report.differing_params(rows)
+    keys = report.differing_params(rows[:report.TOP])
     # A job can fail before its run exists (e.g. a bad value in the sweep): each failed
     # job leaves a FAILED file in its folder (run.py).
     failed = sorted(p.parent.name for p in sweep_dir.glob("*/FAILED"))

@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from mnist_exp.batches import BatchChunks
@@ -16,6 +17,7 @@ from mnist_exp.config import TrainerConfig, UserError
 from mnist_exp.data import Dataset
 from mnist_exp.interrupts import DeferredInterrupts
 from mnist_exp.model import one_hot_targets
+from mnist_exp.resident import EpochKeys, whole_epoch
 
 
 class TrainingDiverged(UserError):
@@ -75,7 +77,8 @@ def fit(
     With `backup_dir`, the state after each finished epoch is kept there and a later call
     with the same folder continues from it; a loss that turns NaN or infinite stops
     training at once and raises TrainingDiverged. Ctrl-C or SIGTERM takes effect at the
-    end of the current step (see interrupts.py).
+    end of the current step (see interrupts.py); on the resident path a step is a whole
+    epoch (Fashion-MNIST on 2 cores: ~0.2 s), so the wait is at most one epoch.
     """
     stopping = cfg.early_stopping
     all_callbacks: list[keras.callbacks.Callback] = [keras.callbacks.TerminateOnNaN()]
@@ -94,18 +97,11 @@ def fit(
     all_callbacks.append(interrupts)
     if backup_dir is not None:  # last: an epoch is saved only once everything saw its end
         all_callbacks.append(keras.callbacks.BackupAndRestore(str(backup_dir)))
-    # Batches come from our own reshuffling sequence (see batches.py), not Keras' shuffle.
-    fused = model.jit_compile and cfg.steps_per_execution > 1  # see execution_settings
-    if fused:
-        model.train_step = _looped(model.train_step)  # this instance only; saves as usual
     y_train, y_val = data.y_train, data.y_val
     if one_hot_targets(model):  # label smoothing: see model.compile_model
         classes = model.output_shape[-1]
         y_train, y_val = (keras.utils.to_categorical(y, classes) for y in (y_train, y_val))
-    batches = BatchChunks(data.x_train, y_train, cfg.batch_size,
-                          cfg.steps_per_execution if fused else 1, cfg.seed, chunked=fused,
-                          max_shift=cfg.augment.max_shift,
-                          horizontal_flip=cfg.augment.horizontal_flip)
+    batches = _training_batches(model, data.x_train, y_train, cfg)
     with interrupts:
         history = model.fit(
             batches,
@@ -122,6 +118,27 @@ def fit(
             f"loss became {losses[-1]} in epoch {history.epoch[-1] + 1}; lower "
             "optimizer.learning_rate or set optimizer.clipnorm")
     return history.history
+
+
+def _training_batches(model: keras.Model, images: np.ndarray, labels: np.ndarray,
+                      cfg: TrainerConfig) -> keras.utils.PyDataset:
+    """What `fit` iterates, and the matching train_step on this model instance (it saves as
+    usual). The same batches in the same order on every path:
+    - XLA, steps_per_execution > 1, no augmentation: the whole epoch in one call, the
+      training set resident on the device (resident.py); Ctrl-C waits for the epoch's end;
+    - XLA with augmentation: chunks of steps_per_execution batches, augmented on the host
+      (batches.py) and looped over in one call each;
+    - otherwise: one host batch per step (Keras' own steps_per_execution loop, if set)."""
+    fused = model.jit_compile and cfg.steps_per_execution > 1  # see execution_settings
+    augmented = bool(cfg.augment.max_shift or cfg.augment.horizontal_flip)
+    if fused and not augmented:
+        model.train_step = whole_epoch(model.train_step, images, labels, cfg.batch_size)
+        return EpochKeys(cfg.seed)
+    if fused:
+        model.train_step = _looped(model.train_step)
+    return BatchChunks(images, labels, cfg.batch_size, cfg.steps_per_execution if fused else 1,
+                       cfg.seed, chunked=fused, max_shift=cfg.augment.max_shift,
+                       horizontal_flip=cfg.augment.horizontal_flip)
 
 
 def _schedule(cfg: TrainerConfig, initial_rate: float) -> list[keras.callbacks.Callback]:

@@ -1,0 +1,63 @@
+"""The fast training path without augmentation: the training set sits on the device
+once, and each call into TensorFlow runs a whole epoch, its order drawn inside the
+XLA-compiled program (order.py). No per-batch or per-chunk copies from the host.
+
+Keras' `fit` still drives it, so callbacks, validation, early stopping, schedules and
+backups work per epoch as before; Keras sees one step per epoch. The step is Keras' own
+train_step, called once per batch in the same order as the plain path's batches
+(batches.py): the leftover smaller batch first, then the full ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from mnist_exp.order import epoch_order
+
+
+class EpochKeys(keras.utils.PyDataset):
+    """One item per epoch: the (seed, epoch) pair that picks the epoch's order."""
+
+    def __init__(self, seed: int) -> None:
+        super().__init__()
+        self.seed, self.epoch = seed, 0
+
+    def __len__(self) -> int:
+        return 1
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        return np.array([[self.seed, self.epoch]], np.int64)
+
+    def on_epoch_end(self) -> None:
+        self.epoch += 1
+
+
+def whole_epoch(train_step: Callable, images: np.ndarray, labels: np.ndarray,
+                batch_size: int) -> Callable:
+    """A train_step for EpochKeys: Keras' own step over every batch of the resident
+    training set, in the order drawn from the key, in one compiled loop."""
+    n = len(labels)
+    full, rest = divmod(n, batch_size)
+    x = tf.Variable(images, trainable=False)  # on the device, once
+    y = tf.Variable(labels, trainable=False)
+
+    def train_epoch(key: tf.Tensor | tuple) -> dict:
+        key = key[0] if isinstance(key, tuple | list) else key
+        order = epoch_order(key[0, 0], key[0, 1], n)
+        if rest:
+            tail = order[full * batch_size:]
+            train_step((tf.gather(x, tail), tf.gather(y, tail)))
+
+        def one_batch(i: tf.Tensor) -> tf.Tensor:
+            picked = tf.slice(order, [i * batch_size], [batch_size])  # static size for XLA
+            train_step((tf.gather(x, picked), tf.gather(y, picked)))
+            return i + 1
+
+        tf.while_loop(lambda i: i < full, one_batch, [tf.constant(0)])
+        return train_step.__self__.get_metrics_result()
+
+    return train_epoch
