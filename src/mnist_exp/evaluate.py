@@ -19,6 +19,7 @@ from omegaconf import DictConfig
 
 from mnist_exp.config import EvaluationConfig, UserError, parse_config
 from mnist_exp.native_log import quiet_native_startup
+from mnist_exp.process_exit import exit_after
 from mnist_exp.run import CONF_DIR, exit_with, interrupt, print_run_link
 
 
@@ -55,4 +56,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    exit_after(main)

@@ -22,6 +22,7 @@ import numpy as np
 
 from mnist_exp.config import UserError, first_line
 from mnist_exp.native_log import quiet_native_startup
+from mnist_exp.process_exit import exit_after
 
 
 @dataclass(frozen=True)
@@ -152,5 +153,10 @@ def run_params(run_id: str | None) -> dict[str, str]:
         return {}
 
 
+def cli() -> None:
+    """The `mnist-exp-predict` command: main, then the quick exit of process_exit.py."""
+    exit_after(main)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    cli()

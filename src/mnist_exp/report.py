@@ -22,6 +22,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from mnist_exp.config import UserError, first_line
+from mnist_exp.process_exit import exit_after
 
 SWEEP_TAG = "mnist_exp.sweep"  # "parent" on a sweep's own run
 VALIDATION = "final_val_accuracy"
@@ -215,4 +216,4 @@ def _fmt(value: float | None) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_after(main)

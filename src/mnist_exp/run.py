@@ -30,6 +30,7 @@ from omegaconf import DictConfig
 from mnist_exp.config import ConfigError, UserError, first_line, parse_config
 from mnist_exp.native_log import quiet_native_startup
 from mnist_exp.preflight import check_fits_memory
+from mnist_exp.process_exit import exit_after
 from mnist_exp.store import check_reachable, check_usable, read_sweep_info, resolve_tracking_uri
 from mnist_exp.study import TRIAL_ENV, TrialLink, resolve_storage
 from mnist_exp.sweep import finished_job, record_failed_job, threads_per_job
@@ -288,5 +289,10 @@ def print_run_link(result) -> None:
     )
 
 
+def cli() -> None:
+    """The `mnist-exp` command: main, then the quick exit of process_exit.py."""
+    exit_after(main)
+
+
 if __name__ == "__main__":
-    main()
+    cli()

@@ -15,6 +15,8 @@ import json
 import sys
 from pathlib import Path
 
+from mnist_exp.process_exit import exit_after
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mnist_exp.sync", description=__doc__.split(
@@ -73,4 +75,4 @@ def _error(message: object, code: int) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_after(main)
