@@ -36,6 +36,19 @@ TINY_RUN_TRACKING = ("+tracking.tags.team=vision", "tracking.description=A tiny 
                      "tracking.system_metrics_interval=1.0")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def compile_cache_of_the_session(tmp_path_factory) -> Iterator[None]:
+    """XLA's compilation cache (trainer.compile_cache) in a folder of the test session's,
+    not the user's ~/.cache; shared by the session's runs, as a user's runs share theirs."""
+    before = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    if before is None:
+        os.environ.pop("XDG_CACHE_HOME")
+    else:
+        os.environ["XDG_CACHE_HOME"] = before
+
+
 @pytest.fixture(scope="session")
 def mini() -> Path:
     return MINI

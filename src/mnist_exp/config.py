@@ -211,6 +211,10 @@ class TrainerConfig(Section):
     eval_batch_size: Count = Field(1024, description="batch size for validation and test")
     threads: StrictInt = Field(0, ge=0, description="TensorFlow's thread pools (0: its default, "
                                                     "one per core)")
+    compile_cache: bool = Field(True, description="keep XLA's compiled steps on disk for "
+                                                  "later runs and sweep jobs")
+    compile_cache_dir: str | None = Field(None, description="null: $XDG_CACHE_HOME/mnist-exp/"
+                                                            "xla, else ~/.cache/mnist-exp/xla")
     label_smoothing: Fraction = Field(0.0, description="s: the true class's target is 1 - s + "
                                                        "s/10, every other class's s/10")
     lr_schedule: LRScheduleConfig = Field(default_factory=LRScheduleConfig)

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mnist_exp import plots, pruning, tracking
+from mnist_exp import compile_cache, plots, pruning, tracking
 from mnist_exp.checkpoints import checkpoint_for
 from mnist_exp.config import CNNConfig, Config
 from mnist_exp.data import load_dataset
@@ -33,7 +33,7 @@ from mnist_exp.store import (
     resolve_tracking_uri,
 )
 from mnist_exp.study import TrialLink
-from mnist_exp.train import execution_settings, fit, setup_runtime
+from mnist_exp.train import TrainingStepFailed, execution_settings, fit, setup_runtime
 from mnist_exp.upload import LOGGED_MODEL
 
 log = logging.getLogger(__name__)
@@ -105,6 +105,7 @@ def run_experiment(config: Config, context: RunContext = RunContext()) -> RunRes
     # it never lands inside TensorFlow's ops (see interrupts.py).
     with clock("setup"), DeferredInterrupts():
         setup_runtime(t.seed, t.deterministic, t.threads)
+        cache = compile_cache.use(compile_cache.folder_for(t.compile_cache, t.compile_cache_dir))
         model = build_model(config.model, num_classes=len(data.class_names),
                             normalization=d.normalization, train_images=data.x_train)
         compile_model(model, config.optimizer, label_smoothing=t.label_smoothing,
@@ -136,9 +137,17 @@ def run_experiment(config: Config, context: RunContext = RunContext()) -> RunRes
                                                     data.x_test[:2]) if every else None)
                 callbacks = [tracking.EpochLogger(tracker, checkpoints),
                              *pruning.callbacks_for(context.trial, tracker)]
-                history = fit(model, data, t, callbacks=callbacks,
-                              verbose=1 if context.progress_bar else 2,
-                              backup_dir=checkpoint.backup_dir)
+                try:
+                    history = fit(model, data, t, callbacks=callbacks,
+                                  verbose=1 if context.progress_bar else 2,
+                                  backup_dir=checkpoint.backup_dir)
+                except TrainingStepFailed as e:
+                    if cache is None:
+                        raise
+                    compile_cache.clear(cache)
+                    raise TrainingStepFailed(f"{e}; a damaged entry in the compilation cache "
+                                             f"does this: {cache} is now emptied, run again "
+                                             "(or set trainer.compile_cache=false)") from None
             if resume_id is not None:  # the curves need the epochs from before the interruption
                 history = tracking.epoch_history(tracker.run_id)
             with clock("evaluate"), DeferredInterrupts():

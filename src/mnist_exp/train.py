@@ -24,6 +24,11 @@ class TrainingDiverged(UserError):
     """The loss stopped being a finite number."""
 
 
+class TrainingStepFailed(UserError):
+    """XLA's compiled step raised, and Keras ended the epochs as if the data had run out
+    (seen with a damaged compilation cache entry: compile_cache.py)."""
+
+
 class EpochClock(keras.callbacks.Callback):
     """Wall time of each epoch (training and validation), in seconds."""
 
@@ -113,6 +118,9 @@ def fit(
             verbose=verbose,
         )
     losses = history.history.get("loss", [])
+    if len(losses) < len(history.epoch):  # Keras took the failed step for the data's end
+        raise TrainingStepFailed("the compiled training step failed: epochs ended with no "
+                                 "training loss (Keras: 'Your input ran out of data')")
     if losses and not math.isfinite(losses[-1]):
         raise TrainingDiverged(
             f"loss became {losses[-1]} in epoch {history.epoch[-1] + 1}; lower "
