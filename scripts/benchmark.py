@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import itertools
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -39,7 +41,12 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=5, help="epochs for the training rows")
     parser.add_argument("--full-run-epochs", type=int, default=25)
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "benchmark")
-    parser.add_argument("--repeats", type=int, default=2, help="interleaved rounds")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds (the "
+                        "first tracked run compiles into an empty XLA cache, later ones load)")
+    parser.add_argument("--jax-python", default=os.environ.get("JAX_PYTHON"),
+                        help="a Python with jax installed, for the JAX peer (a separate "
+                        "environment: TensorFlow imports jax when it is installed beside it, "
+                        "~0.8 s); default $JAX_PYTHON, else this Python if it has jax")
     parser.add_argument("--worker", choices=["pipeline", "torch"], help=argparse.SUPPRESS)
     parser.add_argument("--dataset", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--path", default=None, help=argparse.SUPPRESS)
@@ -55,6 +62,11 @@ def main() -> None:
     print(f"benchmarking on {dataset} ({folder}), {args.epochs} epochs ...",
           file=sys.stderr)
     args.out.mkdir(parents=True, exist_ok=True)
+    # XLA's compilation cache of the runs measured here starts empty: the first tracked run
+    # compiles (as a user's very first run does), later ones load.
+    cache = args.out / "xdg_cache"
+    shutil.rmtree(cache, ignore_errors=True)
+    ENV["XDG_CACHE_HOME"] = str(cache)
 
     def keep() -> None:  # after every step: a slow or stopped benchmark still leaves data
         (args.out / "benchmark.json").write_text(json.dumps(results, indent=2))
@@ -63,12 +75,14 @@ def main() -> None:
     # machine falls on all of them alike; the table shows medians over the rounds.
     rounds: dict[str, list[dict]] = results.setdefault("rounds", {})
     for _ in range(args.repeats):
-        for name, measure in systems(data_args, dataset, args.epochs).items():
+        for name, measure in systems(data_args, dataset, args.epochs, args.jax_python).items():
             rounds.setdefault(name, []).append(measure())
             results[name] = sorted(rounds[name], key=lambda r: r.get("process_s", 0))[
                 len(rounds[name]) // 2] if rounds[name][0] else None
             keep()
     results["startup"] = {flag: startup(flag) for flag in ("--help", "--cfg job")}
+    keep()
+    results["sweep"] = sweep_fixed_cost(jobs=4, epochs=args.epochs)
     keep()
     results["full_run"] = full_run(dataset, args.full_run_epochs)
     keep()
@@ -79,26 +93,29 @@ def main() -> None:
     print(table)
 
 
-def systems(data_args: list[str], dataset: str, epochs: int) -> dict:
+def systems(data_args: list[str], dataset: str, epochs: int, jax_python: str | None) -> dict:
     """One measurement of each system, by name: training (s/epoch) and whole process."""
-    def script(name: str) -> dict:
+    def script(name: str, python: str = sys.executable) -> dict:
         with tempfile.TemporaryDirectory() as scratch:
             report = Path(scratch) / "out.json"
             _, wall, _ = measured([f"scripts/{name}.py", *data_args, "--epochs", str(epochs),
-                                   "--json", str(report)])
+                                   "--json", str(report)], python=python)
             return {**json.loads(report.read_text()), "process_s": wall}
 
     def optional(module: str, measure):  # a peer measured only when it happens to be there
         return measure if importlib.util.find_spec(module) else dict
 
+    jax = (lambda: script("jax_recipe", jax_python)) if jax_python else optional(
+        "jax", lambda: script("jax_recipe"))
     return {"bare_keras": lambda: script("bare_keras_recipe"),
-            "jax": optional("jax", lambda: script("jax_recipe")),
+            "jax": jax,
             "pipeline": lambda: worker("pipeline", data_args, epochs),
             "tracked_run": lambda: tracked_run(dataset, epochs),
             "pytorch_eager": optional("torch", lambda: worker("torch", data_args, epochs))}
 
 
-def measured(argv: list[str], env: dict | None = None) -> tuple[str, float, int]:
+def measured(argv: list[str], env: dict | None = None,
+             python: str = sys.executable) -> tuple[str, float, int]:
     """Run `python argv` in a fresh process: (stdout, wall seconds, peak RSS in MiB)."""
     wrapper = ("import resource, subprocess, sys; "
                "p = subprocess.run([sys.executable, *sys.argv[1:]], capture_output=True, "
@@ -106,7 +123,7 @@ def measured(argv: list[str], env: dict | None = None) -> tuple[str, float, int]
                "print('PEAK_KB', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); "
                "sys.exit(p.returncode)")
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", wrapper, *argv], cwd=ROOT, env=env or ENV,
+    done = subprocess.run([python, "-c", wrapper, *argv], cwd=ROOT, env=env or ENV,
                           capture_output=True, text=True)
     seconds = time.perf_counter() - start
     if done.returncode != 0:
@@ -170,13 +187,45 @@ def full_run(dataset: str, epochs: int) -> dict:
         # A first, tiny run creates the store, as a user's already exists.
         measured([*args, "trainer.epochs=1", "data.max_train_samples=500",
                   "data.max_test_samples=100"])
+        launched = time.time()
         _, wall, peak = measured(args)
         client = mlflow.MlflowClient(uri)
         [run] = client.search_runs(["1"], order_by=["start_time DESC"], max_results=1)
         phases = {k.removeprefix("time_").removesuffix("_s"): v
                   for k, v in run.data.metrics.items() if k.startswith("time_")}
+        # The process around the MLflow run: before it starts (interpreter, Hydra, imports,
+        # data, setup) and after it ends (the summary and the exit).
         return {"epochs": epochs, "wall_s": wall, "peak_rss_mib": peak, "phases_s": phases,
+                "before_run_s": run.info.start_time / 1000 - launched,
+                "after_run_s": launched + wall - run.info.end_time / 1000,
                 "test_accuracy": run.data.metrics["test_accuracy"]}
+
+
+def sweep_fixed_cost(jobs: int, epochs: int) -> dict:
+    """What a sweep job costs besides its training, in one process (the basic launcher):
+    the same sweep of `jobs` jobs on the shipped digits twice, the second loading what the
+    first compiled. A job's cost is the time from its MLflow run's start to the next job's;
+    its training is its epochs at the steady s/epoch of our training path on that data."""
+    import mlflow
+
+    steady_epoch = steady(worker("pipeline", ["--dataset", "mnist_sample"], epochs))
+    rates = ",".join(f"{1e-3 * (k + 1):g}" for k in range(jobs))
+    out: dict = {"jobs": jobs, "epochs": epochs, "steady_epoch_s": steady_epoch}
+    with tempfile.TemporaryDirectory() as scratch:
+        uri = f"sqlite:///{scratch}/mlflow.db"
+        for attempt in ("cold", "warm"):
+            _, wall, _ = measured(["-m", "mnist_exp.run", "-m", "data=mnist_sample",
+                                   f"trainer.epochs={epochs}", f"tracking.uri={uri}",
+                                   f"optimizer.learning_rate={rates}",
+                                   f"hydra.sweep.dir={scratch}/{attempt}"])
+            runs = mlflow.MlflowClient(uri).search_runs(
+                ["1"], f"tags.`sweep.job` != '' and attributes.start_time > "
+                f"{int((time.time() - wall) * 1000)}", order_by=["start_time ASC"])
+            starts = [r.info.start_time / 1000 for r in runs]
+            cycles = [b - a for a, b in itertools.pairwise(starts)]
+            out[attempt] = {"wall_s": wall, "job_cycle_s": cycles,
+                            "fixed_cost_s": statistics.median(cycles) - epochs * steady_epoch}
+    return out
 
 
 def _pipeline_worker(dataset: str, path: str | None, epochs: int) -> dict:
@@ -285,13 +334,34 @@ def markdown(r: dict) -> str:
               "rounds):", "", "| process | wall s | vs JAX script | bare Keras vs it |",
               "| --- | ---: | ---: | ---: |"]
     jax = r.get("jax")
-    for name, key in (("bare Keras script", "bare_keras"), ("JAX script", "jax"),
-                      ("`python -m mnist_exp.run experiment=seed_notebook` (tracked)",
-                       "tracked_run")):
-        if r.get(key):
-            wall = r[key]["process_s"]
+    tracked = r["rounds"]["tracked_run"]
+    warm = (sorted(tracked[1:], key=lambda row: row["process_s"])[(len(tracked) - 1) // 2]
+            if len(tracked) > 1 else None)
+    for name, row in (("bare Keras script", bare), ("JAX script", jax),
+                      ("`python -m mnist_exp.run experiment=seed_notebook` (tracked), XLA "
+                       "cache empty (round 1)", tracked[0]),
+                      ("the same, XLA cache warm (later rounds' median)", warm)):
+        if row:
+            wall = row["process_s"]
             versus = f"{wall / jax['process_s']:.2f}x" if jax else ""
             lines.append(f"| {name} | {wall:.1f} | {versus} | {bare['process_s'] / wall:.2f}x |")
+    for name, row in (("empty cache", tracked[0]), ("warm cache", warm)):
+        if row:
+            phases = ", ".join(f"{k} {v:.2f}" for k, v in row["phases_s"].items())
+            lines.append(f"\nTracked {r['epochs']}-epoch run, {name}: before its MLflow run "
+                         f"starts {row['before_run_s']:.2f} s, after it ends "
+                         f"{row['after_run_s']:.2f} s; phases (s): {phases}.")
+    sweep = r.get("sweep")
+    if sweep:
+        lines += ["", f"A sweep of {sweep['jobs']} jobs of {sweep['epochs']} epochs on the "
+                  f"shipped digits in one process (steady training {sweep['steady_epoch_s']:.3f}"
+                  " s/epoch):", "", "| XLA cache | sweep wall s | a job's cycle s (median) | "
+                  "fixed cost per job s |", "| --- | ---: | ---: | ---: |"]
+        for attempt in ("cold", "warm"):
+            row = sweep[attempt]
+            lines.append(f"| {attempt} | {row['wall_s']:.1f} | "
+                         f"{statistics.median(row['job_cycle_s']):.2f} | "
+                         f"{row['fixed_cost_s']:.2f} |")
     scale = r["report_2000"]
     lines += ["", f"`python -m mnist_exp.report` over {scale['runs']:,} runs of "
               f"{scale['params']} params: {scale['wall_s']:.1f} s, peak "
