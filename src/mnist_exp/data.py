@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
-from sklearn.model_selection import train_test_split
 
 from mnist_exp.config import UserError, first_line
 
@@ -137,6 +136,8 @@ def split_validation(
     x: np.ndarray, y: np.ndarray, fraction: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Split off `fraction` of (x, y), stratified by class when every class can be."""
+    from sklearn.model_selection import train_test_split  # 1 s: only when splitting
+
     n_val = round(len(y) * fraction)
     if n_val < 1 or n_val >= len(y):
         raise DataError(f"data.validation_split={fraction} leaves {n_val} of {len(y)} training "
