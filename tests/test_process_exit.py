@@ -38,3 +38,11 @@ def test_the_quick_exit_keeps_status_threads_atexit_and_output(tmp_path, end, co
     assert done.stderr == stderr
     assert (tmp_path / "thread_done").read_text() == "yes"
     assert (tmp_path / "atexit_done").read_text() == "yes"
+
+
+def test_a_profiled_command_still_writes_its_profile(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "cProfile", "-o", "prof.out", "-m",
+                           "mnist_exp.sync", "--help"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "prof.out").stat().st_size > 0

@@ -7,7 +7,8 @@ and object. With TensorFlow and Keras loaded, that last part takes ~2 s on 2 cor
 process), nobody sees it, and it writes nothing. `exit_after` does the first two steps
 as Python would, in Python's order, flushes the standard streams, and ends the process.
 An exception other than SystemExit (a bug's traceback, Ctrl-C outside a run) takes
-Python's ordinary way out.
+Python's ordinary way out, and so does a process under a profiler or a debugger
+(`python -m cProfile -m mnist_exp.run`), which writes its results after `main` returns.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ def exit_after(main: Callable[[], object]) -> NoReturn:
     except SystemExit as e:
         status = e.code
     code = _exit_code(status)
+    if sys.getprofile() is not None or sys.gettrace() is not None:
+        raise SystemExit(code)  # `python -m cProfile`, a debugger: they finish after us
     threading._shutdown()  # what Py_FinalizeEx does first: wait for non-daemon threads
     atexit._run_exitfuncs()  # then the atexit handlers, last registered first
     for stream in (sys.stdout, sys.stderr):
