@@ -88,6 +88,16 @@ def test_fast_path_trains_exactly_like_the_plain_path(mini):
     assert abs(fast_accuracy - plain_accuracy) <= 0.002
 
 
+def test_resident_validation_scores_as_keras_does_on_host_data(mini):
+    """The fast path validates the resident set in one compiled call; the epoch's
+    val_loss and val_accuracy are what Keras' own evaluate says of the same weights on
+    host data (which fit leaves working: the model's own steps are back)."""
+    history, model, data = _train(mini)
+    loss, accuracy = model.evaluate(data.x_val, data.y_val, batch_size=1024, verbose=0)
+    np.testing.assert_allclose(history["val_loss"][-1], loss, rtol=1e-5)
+    np.testing.assert_allclose(history["val_accuracy"][-1], accuracy, rtol=1e-6)
+
+
 def test_label_smoothing_is_the_loss_that_fit_minimises(mini, tmp_path):
     """val_loss after the last epoch equals the cross-entropy against softened targets
     (1 - s + s/10 for the true class, s/10 for the others), computed here from the model's
