@@ -7,6 +7,7 @@ runs the same from the Hydra entry point, a test or a notebook.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -131,6 +132,8 @@ def run_experiment(config: Config, context: RunContext = RunContext()) -> RunRes
                 if resume_id is None:
                     tracking.log_config(tracker, config, context.hydra_dir)
                     tracking.log_datasets(tracker, splits)
+            if config.tracking.log_model:
+                threading.Thread(target=tracking.warm_up_model_logging, daemon=True).start()
             with clock("train"):
                 every = config.tracking.checkpoint_every
                 checkpoints = (tracking.Checkpoints(tracker, every, splits["validation"],

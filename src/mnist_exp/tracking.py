@@ -10,7 +10,7 @@ import sys
 import time
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -301,6 +301,17 @@ def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[name] = value
     return flat
+
+
+def warm_up_model_logging() -> None:
+    """MLflow's save_model checks the model's pinned requirements against the installed
+    packages, scanning every installed distribution first (0.64 s here, once a process).
+    Called from a thread while TensorFlow's compiled epochs leave the interpreter idle, it
+    costs the run nothing; on any error save_model simply does the scan itself."""
+    with suppress(Exception):  # a private helper: may move in a later MLflow
+        from mlflow.utils.requirements_utils import _init_packages_to_modules_map
+
+        _init_packages_to_modules_map()
 
 
 def save_model(folder: Path, model: keras.Model, example: np.ndarray,
