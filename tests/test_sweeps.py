@@ -169,3 +169,22 @@ def test_a_job_that_failed_before_its_run_does_not_make_every_key_a_difference()
             Row("c", "c", "FAILED", {"optimizer.learning_rate": "1e12"}, None, None, None)]
     assert differing_params(rows) == ["optimizer.learning_rate"]
     assert describe(rows[0], differing_params(rows)) == "optimizer.learning_rate=0.001"
+
+
+def test_a_report_over_thousands_of_runs_stays_readable():
+    """The best 20 one by one, with labels short enough to leave room for their bars (the
+    table has them whole), the rest as a histogram; the table as many lines as that."""
+    from mnist_exp.report import TOP, plot_comparison, to_markdown
+
+    rows = [Row(f"id{i}", f"run {i}", "FINISHED", {f"p.{k}": str(i % (k + 2)) for k in range(60)},
+                1 - i / 10_000, 0.9, 1.0) for i in range(2000)]
+    keys = sorted(rows[0].params)
+    figure = plot_comparison(rows, keys)
+    bars, histogram = figure.axes
+    labels = [label.get_text() for label in bars.get_yticklabels()]
+    assert len(labels) == TOP and labels[0].startswith("#1 ")  # shown at the top
+    assert max(map(len, labels)) <= 70 and labels[0].endswith("…")
+    assert sum(patch.get_height() for patch in histogram.patches) == 2000
+    lines = to_markdown(rows, keys).splitlines()
+    assert len(lines) <= 2 + TOP + 2 and "1980 more runs" in lines[-1]
+    assert "quartiles" in lines[-1]

@@ -136,7 +136,9 @@ def plot_comparison(rows: list[Row], keys: list[str], top: int = TOP) -> Figure:
             label="validation (ranks)")
     ax.barh([p - 0.2 for p in positions], [r.test_accuracy or 0 for r in shown], height=0.4,
             label="test (reported)", alpha=0.6)
-    ax.set_yticks(list(positions), [describe(r, keys) for r in shown], fontsize=8)
+    # Labels past ~70 characters would crowd the bars out; the table has them whole.
+    ax.set_yticks(list(positions), [_shorten(f"#{i} {describe(r, keys)}", 70)
+                                    for i, r in enumerate(shown, 1)], fontsize=8)
     low = min([r.val_accuracy for r in shown] + [r.test_accuracy or 1 for r in shown],
               default=0)
     ax.set_xlim(max(0.0, low - 0.05), 1.0)
@@ -209,6 +211,10 @@ def _query(args: argparse.Namespace) -> tuple[list[Row], list[str]]:
     if not rows:
         raise UserError("no runs to compare there")
     return rows, differing_params(rows[:TOP])  # the columns that tell the shown runs apart
+
+
+def _shorten(text: str, width: int) -> str:
+    return text if len(text) <= width else text[:width - 1] + "…"
 
 
 def _fmt(value: float | None) -> str:
