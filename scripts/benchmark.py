@@ -4,13 +4,16 @@
     python scripts/benchmark.py --epochs 25 --out outputs/benchmark
 
 Measures, each in a fresh process on the same data (Fashion-MNIST from the Debian package
-when installed, otherwise the digits shipped with mnist-exp, data=mnist_sample):
+when installed, otherwise the digits shipped with mnist-exp, data=mnist_sample), in
+interleaved rounds:
 1. the reference recipe as a bare Keras script (scripts/bare_keras_recipe.py);
 2. our pipeline's training of the same recipe (same batch size, optimizer, epochs);
-3. the same MLP in a plain PyTorch eager loop, when torch is installed (never required);
-4. start-up: `python -m mnist_exp.run --help` and `--cfg job`;
-5. a whole 25-epoch `python -m mnist_exp.run`, split into phases (its time_*_s metrics);
-6. that run's peak resident memory.
+3. the hand-written JAX loop (scripts/jax_recipe.py; --jax-python: an environment with jax);
+4. a whole tracked `python -m mnist_exp.run`, first with an empty XLA cache, then warm;
+5. the same MLP in a plain PyTorch eager loop, when torch is installed (never required);
+then start-up (`--help`, `--cfg job`), a sweep's fixed cost per job in one process (cold
+and warm cache), a whole 25-epoch run split into phases (its time_*_s metrics) with its
+peak memory, and `python -m mnist_exp.report` over 2,000 runs.
 Writes benchmark.json and benchmark.md to --out and prints the table.
 """
 

@@ -124,6 +124,7 @@ def test_data_that_is_not_what_it_claims_is_refused_naming_file_and_array(tmp_pa
     assert message in str(caught.value)
 
 
+@pytest.mark.slow
 def test_float_images_in_0_1_train_to_a_real_accuracy_end_to_end(tmp_path, digits):
     path = _npz(tmp_path, digits, digits[0] / 255.0)
     result = run_module("mnist_exp.run", f"data.path={path}", "trainer.epochs=3",

@@ -25,7 +25,9 @@ def runs_of(workdir, experiment="mnist"):
     return client, (client.search_runs([found.experiment_id]) if found else [])
 
 
-@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "kill"])
+@pytest.mark.parametrize("stop", [signal.SIGINT,
+                                  pytest.param(signal.SIGTERM, marks=pytest.mark.slow)],
+                         ids=["ctrl-c", "kill"])
 def test_interrupted_run_is_killed_then_resumed_into_the_same_run(mini, tmp_path, stop):
     args = [f"data.path={mini}", "data.max_train_samples=3000", "trainer.epochs=12",
             "data.max_test_samples=200", "tracking.log_model=false", "hydra.run.dir=out"]

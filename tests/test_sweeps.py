@@ -63,6 +63,7 @@ def test_optuna_search_runs_its_trials_and_reports_the_best(mini, tmp_path):
     assert "best_config" in parent.data.tags
 
 
+@pytest.mark.slow
 def test_submitit_local_launcher_runs_the_same_path(mini, tmp_path):
     result = run_module("mnist_exp.run", "-m", f"data.path={mini}", *ONE_EPOCH,
                         "optimizer.learning_rate=1e-3,3e-4", "hydra/launcher=submitit_local",
@@ -137,7 +138,8 @@ def test_threads_are_shared_between_parallel_jobs():
     assert threads_per_job({"ray": {"remote": {"num_cpus": 2}}}, cores=16) == 2
 
 
-@pytest.mark.parametrize("launcher", [(), ("hydra/launcher=joblib", "hydra.launcher.n_jobs=2")],
+@pytest.mark.parametrize("launcher", [(), pytest.param(
+    ("hydra/launcher=joblib", "hydra.launcher.n_jobs=2"), marks=pytest.mark.slow)],
                          ids=["jobs in turn", "jobs in 2 joblib workers"])
 def test_an_interrupted_sweep_leaves_nothing_running(mini, tmp_path, launcher):
     """Ctrl-C reaches the whole process group, as from a terminal; joblib then kills its

@@ -116,6 +116,7 @@ def test_label_smoothing_is_the_loss_that_fit_minimises(mini, tmp_path):
     assert loss.get_config()["label_smoothing"] == pytest.approx(s)
 
 
+@pytest.mark.slow
 def test_cnn_trains_with_a_cosine_schedule(mini):
     config = parse_config(compose_config(
         "model=cnn", f"data.path={mini}", "data.max_train_samples=600", "trainer.epochs=3",
