@@ -55,7 +55,7 @@ def test_a_fused_chunk_makes_the_same_updates_as_batch_by_batch(mini, config):
         assert np.abs(moving_mean).max() > 0  # the statistics moved during the chunk
 
 
-def _train(mini, *overrides, callbacks=()):
+def _train(mini, *overrides, callbacks=(), backup_dir=None):
     # 3010 samples: 2408 to train on, 75 batches of 32 and one of 8 (a smaller last batch)
     config = parse_config(compose_config(f"data.path={mini}", "data.max_train_samples=3010",
                                          "trainer.epochs=3", *overrides))
@@ -66,8 +66,35 @@ def _train(mini, *overrides, callbacks=()):
     model = build_model(config.model, num_classes=10, train_images=data.x_train)
     compile_model(model, config.optimizer, label_smoothing=t.label_smoothing,
                   **execution_settings(t))
-    history = fit(model, data, t, callbacks=callbacks, verbose=0)
+    history = fit(model, data, t, callbacks=callbacks, verbose=0, backup_dir=backup_dir)
     return history, model, data
+
+
+class _CrashAt(keras.callbacks.Callback):
+    """A crash as epoch `epoch` begins, after the previous epoch's backup was written."""
+
+    def __init__(self, epoch: int) -> None:
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == self.epoch:
+            raise RuntimeError("crash")
+
+
+@pytest.mark.parametrize("overrides", [
+    (), pytest.param(("trainer.augment.max_shift=2",), marks=pytest.mark.slow)],
+    ids=["resident epochs", "augmented chunks"])
+def test_a_resumed_fit_ends_with_the_weights_of_an_uninterrupted_one(mini, tmp_path, overrides):
+    """Resuming from the backup of epoch 2 of 3 trains epoch 3 on epoch 3's order (and
+    augmentation), not the first epoch's: the same weights as training straight through."""
+    _, straight, _ = _train(mini, *overrides)
+    with pytest.raises(RuntimeError, match="crash"):
+        _train(mini, *overrides, callbacks=[_CrashAt(2)], backup_dir=tmp_path)
+    history, resumed, _ = _train(mini, *overrides, backup_dir=tmp_path)
+    assert len(history["loss"]) == 1  # only the third epoch ran
+    for a, b in zip(straight.get_weights(), resumed.get_weights(), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
 
 
 def _test_accuracy(model, data):

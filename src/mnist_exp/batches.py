@@ -27,8 +27,7 @@ class BatchChunks(keras.utils.PyDataset):
         self.chunked = chunked
         self.max_shift, self.horizontal_flip = max_shift, horizontal_flip
         self.images, self.labels = images, labels
-        self.rng = np.random.default_rng(seed)  # augmentation only
-        self.seed, self.epoch = seed, 0
+        self.seed, self.epoch = seed, -1
         full, rest = divmod(len(labels), batch_size)
         # Prefer a chunk size that divides the batches evenly: each distinct chunk shape
         # costs an XLA compilation (~1 s) in the first epoch.
@@ -39,7 +38,7 @@ class BatchChunks(keras.utils.PyDataset):
         if rest:  # first: Keras reads its input signature off items 0 and 1, and must see
             # that the batch size varies, or the smaller batch fails as a shape mismatch
             self.chunks.insert(0, (full * batch_size, 1, rest))
-        self.order = self._order()
+        self.set_epoch(0)
 
     def __len__(self) -> int:
         return len(self.chunks)
@@ -70,11 +69,15 @@ class BatchChunks(keras.utils.PyDataset):
         return images
 
     def on_epoch_end(self) -> None:
-        self.epoch += 1
-        self.order = self._order()
+        self.set_epoch(self.epoch + 1)
 
-    def _order(self) -> np.ndarray:
-        return epoch_order(self.seed, self.epoch, len(self.labels)).numpy()
+    def set_epoch(self, epoch: int) -> None:
+        """Epoch `epoch`'s order and augmentation, whatever came before: a run resumed at
+        epoch k draws what an uninterrupted one draws there."""
+        if epoch != self.epoch:
+            self.epoch = epoch
+            self.order = epoch_order(self.seed, epoch, len(self.labels)).numpy()
+            self.rng = np.random.default_rng([self.seed, epoch])  # augmentation only
 
 
 def _span(shift: int) -> slice:

@@ -46,6 +46,9 @@ class EpochKeys(keras.utils.PyDataset):
     def on_epoch_end(self) -> None:
         self.epoch += 1
 
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
 
 def whole_epoch(train_step: Callable, images: np.ndarray, labels: np.ndarray,
                 batch_size: int) -> Callable:

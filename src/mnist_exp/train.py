@@ -29,6 +29,18 @@ class TrainingStepFailed(UserError):
     (seen with a damaged compilation cache entry: compile_cache.py)."""
 
 
+class _EpochOf(keras.callbacks.Callback):
+    """Tells the batches which epoch begins: after a restored backup, Keras starts at the
+    epoch it had reached, and the batches must draw that epoch's order, not the first's."""
+
+    def __init__(self, batches: BatchChunks | EpochKeys) -> None:
+        super().__init__()
+        self.batches = batches
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self.batches.set_epoch(epoch)
+
+
 class EpochClock(keras.callbacks.Callback):
     """Wall time of each epoch (training and validation), in seconds."""
 
@@ -121,7 +133,7 @@ def fit(
                 validation_data=validation,
                 validation_batch_size=cfg.eval_batch_size,
                 epochs=cfg.epochs,
-                callbacks=all_callbacks,
+                callbacks=[_EpochOf(batches), *all_callbacks],
                 verbose=verbose,
             )
     finally:  # the model's own steps again, for a later fit or evaluate on host data
