@@ -54,25 +54,13 @@ def whole_epoch(train_step: Callable, images: np.ndarray, labels: np.ndarray,
                 batch_size: int) -> Callable:
     """A train_step for EpochKeys: Keras' own step over every batch of the resident
     training set, in the order drawn from the key, in one compiled loop."""
-    n = len(labels)
-    full, rest = divmod(n, batch_size)
-    x = tf.Variable(images, trainable=False)  # on the device, once
-    y = tf.Variable(labels, trainable=False)
+    x, y = _resident(images, labels)
 
     def train_epoch(key: tf.Tensor | tuple) -> dict:
         key = key[0] if isinstance(key, tuple | list) else key
-        order = epoch_order(key[0, 0], key[0, 1], n)
-        if rest:
-            tail = order[full * batch_size:]
-            train_step((tf.gather(x, tail), tf.gather(y, tail)))
-
-        def one_batch(i: tf.Tensor) -> tf.Tensor:
-            picked = tf.slice(order, [i * batch_size], [batch_size])  # static size for XLA
-            train_step((tf.gather(x, picked), tf.gather(y, picked)))
-            return i + 1
-
-        tf.while_loop(lambda i: i < full, one_batch, [tf.constant(0)])
-        return train_step.__self__.get_metrics_result()
+        order = epoch_order(key[0, 0], key[0, 1], len(labels))
+        return _every_batch(train_step, x, y, batch_size,
+                            lambda start, size: tf.slice(order, [start], [size]))
 
     return train_epoch
 
@@ -83,21 +71,34 @@ def whole_set(test_step: Callable, images: np.ndarray, labels: np.ndarray,
     set, in order, in one compiled loop (from the host, Keras would copy and call once per
     batch: ~30% of a steady epoch on Fashion-MNIST, 2 cores). The metrics are the same
     size-weighted means, summed in another order."""
-    n = len(labels)
-    full, rest = divmod(n, batch_size)
-    x = tf.Variable(images, trainable=False)
-    y = tf.Variable(labels, trainable=False)
+    x, y = _resident(images, labels)
 
     def evaluate_all(_: tf.Tensor | tuple) -> dict:
-        if rest:
-            test_step((x[full * batch_size:], y[full * batch_size:]))
-
-        def one_batch(i: tf.Tensor) -> tf.Tensor:
-            picked = i * batch_size + tf.range(batch_size)  # static size for XLA
-            test_step((tf.gather(x, picked), tf.gather(y, picked)))
-            return i + 1
-
-        tf.while_loop(lambda i: i < full, one_batch, [tf.constant(0)])
-        return test_step.__self__.get_metrics_result()
+        return _every_batch(test_step, x, y, batch_size,
+                            lambda start, size: start + tf.range(size))
 
     return evaluate_all
+
+
+def _resident(images: np.ndarray, labels: np.ndarray) -> tuple[tf.Variable, tf.Variable]:
+    """The arrays on the device, once (variables: not baked into the program)."""
+    return tf.Variable(images, trainable=False), tf.Variable(labels, trainable=False)
+
+
+def _every_batch(step: Callable, x: tf.Variable, y: tf.Variable, batch_size: int,
+                 rows: Callable[[int | tf.Tensor, int], tf.Tensor]) -> dict:
+    """Keras' `step` on the rows `rows(start, size)` of every batch: the leftover smaller
+    batch first, then the full ones in a tf.while_loop (each of static size, for XLA);
+    the step's metrics after them all."""
+    full, rest = divmod(int(x.shape[0]), batch_size)
+    if rest:
+        picked = rows(full * batch_size, rest)
+        step((tf.gather(x, picked), tf.gather(y, picked)))
+
+    def one_batch(i: tf.Tensor) -> tf.Tensor:
+        picked = rows(i * batch_size, batch_size)
+        step((tf.gather(x, picked), tf.gather(y, picked)))
+        return i + 1
+
+    tf.while_loop(lambda i: i < full, one_batch, [tf.constant(0)])
+    return step.__self__.get_metrics_result()
