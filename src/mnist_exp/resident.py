@@ -7,11 +7,17 @@ Keras' `fit` still drives it, so callbacks, validation, early stopping, schedule
 backups work per epoch as before; Keras sees one step per epoch. The step is Keras' own
 train_step, called once per batch in the same order as the plain path's batches
 (batches.py): the leftover smaller batch first, then the full ones.
+
+The sets' variables and Keras' traced functions stay with the model (`steps_for`), so its
+next fit on sets of the same shapes (a sweep's next job on a kept model: kept_models.py)
+assigns the new values and runs what is already traced and compiled.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import keras
 import numpy as np
@@ -50,28 +56,83 @@ class EpochKeys(keras.utils.PyDataset):
         self.epoch = epoch
 
 
-def whole_epoch(train_step: Callable, images: np.ndarray, labels: np.ndarray,
+class ResidentSteps:
+    """A model's training and validation sets on the device, its own steps wrapped to run
+    over them, and Keras' functions traced from those wrappers (once fit has made them)."""
+
+    def __init__(self, model: keras.Model, train: tuple[np.ndarray, np.ndarray],
+                 val: tuple[np.ndarray, np.ndarray], batch_size: int,
+                 eval_batch_size: int) -> None:
+        self.shapes = _shapes(train, val, batch_size, eval_batch_size)
+        self._sets = _resident(*train), _resident(*val)
+        self._steps = (whole_epoch(model.train_step, *self._sets[0], batch_size),
+                       whole_set(model.test_step, *self._sets[1], eval_batch_size))
+        self._functions: tuple[Callable | None, Callable | None] = (None, None)
+
+    def load(self, train: tuple[np.ndarray, np.ndarray],
+             val: tuple[np.ndarray, np.ndarray]) -> None:
+        """New values of the same shapes into the resident variables."""
+        for variables, arrays in zip(self._sets, (train, val), strict=True):
+            for variable, array in zip(variables, arrays, strict=True):
+                variable.assign(array)
+
+    @contextmanager
+    def installed(self, model: keras.Model) -> Iterator[None]:
+        """The model runs these steps (and their traced functions) inside; its own steps
+        are back afterwards, for a later fit or evaluate on host data."""
+        plain = model.train_step, model.test_step
+        model.train_step, model.test_step = self._steps
+        model.train_function, model.test_function = self._functions
+        try:
+            yield
+        finally:
+            self._functions = model.train_function, model.test_function
+            model.train_step, model.test_step = plain
+            model.train_function = model.test_function = None
+
+
+_STEPS_OF: weakref.WeakKeyDictionary[keras.Model, ResidentSteps] = weakref.WeakKeyDictionary()
+
+
+def steps_for(model: keras.Model, train: tuple[np.ndarray, np.ndarray],
+              val: tuple[np.ndarray, np.ndarray], batch_size: int,
+              eval_batch_size: int) -> ResidentSteps:
+    """The model's resident steps for these sets: those of its last fit, with the new values
+    loaded, when the shapes and batch sizes are the same (nothing to trace or compile);
+    else new ones."""
+    kept = _STEPS_OF.get(model)
+    if kept is not None and kept.shapes == _shapes(train, val, batch_size, eval_batch_size):
+        kept.load(train, val)
+        return kept
+    _STEPS_OF[model] = steps = ResidentSteps(model, train, val, batch_size, eval_batch_size)
+    return steps
+
+
+def _shapes(train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray],
+            batch_size: int, eval_batch_size: int) -> tuple:
+    return (*((a.shape, a.dtype.str) for a in (*train, *val)), batch_size, eval_batch_size)
+
+
+def whole_epoch(train_step: Callable, x: tf.Variable, y: tf.Variable,
                 batch_size: int) -> Callable:
     """A train_step for EpochKeys: Keras' own step over every batch of the resident
     training set, in the order drawn from the key, in one compiled loop."""
-    x, y = _resident(images, labels)
 
     def train_epoch(key: tf.Tensor | tuple) -> dict:
         key = key[0] if isinstance(key, tuple | list) else key
-        order = epoch_order(key[0, 0], key[0, 1], len(labels))
+        order = epoch_order(key[0, 0], key[0, 1], int(y.shape[0]))
         return _every_batch(train_step, x, y, batch_size,
                             lambda start, size: tf.slice(order, [start], [size]))
 
     return train_epoch
 
 
-def whole_set(test_step: Callable, images: np.ndarray, labels: np.ndarray,
+def whole_set(test_step: Callable, x: tf.Variable, y: tf.Variable,
               batch_size: int) -> Callable:
     """A test_step for OneCall: Keras' own step over every batch of the resident validation
     set, in order, in one compiled loop (from the host, Keras would copy and call once per
     batch: ~30% of a steady epoch on Fashion-MNIST, 2 cores). The metrics are the same
     size-weighted means, summed in another order."""
-    x, y = _resident(images, labels)
 
     def evaluate_all(_: tf.Tensor | tuple) -> dict:
         return _every_batch(test_step, x, y, batch_size,

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import keras
@@ -17,7 +18,7 @@ from mnist_exp.config import TrainerConfig, UserError
 from mnist_exp.data import Dataset
 from mnist_exp.interrupts import DeferredInterrupts
 from mnist_exp.model import one_hot_targets
-from mnist_exp.resident import EpochKeys, OneCall, whole_epoch, whole_set
+from mnist_exp.resident import EpochKeys, OneCall, steps_for
 
 
 class TrainingDiverged(UserError):
@@ -119,26 +120,26 @@ def fit(
     if one_hot_targets(model):  # label smoothing: see model.compile_model
         classes = model.output_shape[-1]
         y_train, y_val = (keras.utils.to_categorical(y, classes) for y in (y_train, y_val))
-    plain_steps = model.train_step, model.test_step
-    batches = _training_batches(model, data.x_train, y_train, cfg)
-    validation: tuple | keras.utils.PyDataset = (data.x_val, y_val)
-    if isinstance(batches, EpochKeys):  # resident training: validation resident too
-        model.test_step = whole_set(model.test_step, data.x_val, y_val, cfg.eval_batch_size)
+    x_val = data.x_val
+    validation: tuple | keras.utils.PyDataset = (x_val, y_val)
+    if _resident(model, cfg):  # the sets on the device, the steps traced at most once
+        batches: keras.utils.PyDataset = EpochKeys(cfg.seed)
         validation = OneCall()
-    try:
-        with interrupts:
-            history = model.fit(
-                batches,
-                shuffle=False,  # the sequence reshuffles itself; Keras would reorder its items
-                validation_data=validation,
-                validation_batch_size=cfg.eval_batch_size,
-                epochs=cfg.epochs,
-                callbacks=[_EpochOf(batches), *all_callbacks],
-                verbose=verbose,
-            )
-    finally:  # the model's own steps again, for a later fit or evaluate on host data
-        model.train_step, model.test_step = plain_steps
-        model.train_function = model.test_function = None
+        steps = steps_for(model, (data.x_train, y_train), (x_val, y_val), cfg.batch_size,
+                          cfg.eval_batch_size).installed(model)
+    else:
+        batches, train_step = _host_batches(model, data.x_train, y_train, cfg)
+        steps = _installed(model, train_step)
+    with steps, interrupts:
+        history = model.fit(
+            batches,
+            shuffle=False,  # the sequence reshuffles itself; Keras would reorder its items
+            validation_data=validation,
+            validation_batch_size=cfg.eval_batch_size,
+            epochs=cfg.epochs,
+            callbacks=[_EpochOf(batches), *all_callbacks],
+            verbose=verbose,
+        )
     losses = history.history.get("loss", [])
     if len(losses) < len(history.epoch):  # Keras took the failed step for the data's end
         raise TrainingStepFailed("the compiled training step failed: epochs ended with no "
@@ -150,25 +151,38 @@ def fit(
     return history.history
 
 
-def _training_batches(model: keras.Model, images: np.ndarray, labels: np.ndarray,
-                      cfg: TrainerConfig) -> keras.utils.PyDataset:
-    """What `fit` iterates, and the matching train_step on this model instance (it saves as
-    usual). The same batches in the same order on every path:
-    - XLA, steps_per_execution > 1, no augmentation: the whole epoch in one call, the
-      training set resident on the device (resident.py); Ctrl-C waits for the epoch's end;
+def _resident(model: keras.Model, cfg: TrainerConfig) -> bool:
+    """Whether fit takes the resident path (resident.py): XLA, steps_per_execution > 1 and
+    no augmentation. Whatever the path, the batches and their order are the same."""
+    fused = model.jit_compile and cfg.steps_per_execution > 1  # see execution_settings
+    return fused and not (cfg.augment.max_shift or cfg.augment.horizontal_flip)
+
+
+def _host_batches(model: keras.Model, images: np.ndarray, labels: np.ndarray,
+                  cfg: TrainerConfig) -> tuple[BatchChunks, Callable]:
+    """What `fit` iterates off the resident path, and the matching train_step:
     - XLA with augmentation: chunks of steps_per_execution batches, augmented on the host
       (batches.py) and looped over in one call each;
     - otherwise: one host batch per step (Keras' own steps_per_execution loop, if set)."""
-    fused = model.jit_compile and cfg.steps_per_execution > 1  # see execution_settings
-    augmented = bool(cfg.augment.max_shift or cfg.augment.horizontal_flip)
-    if fused and not augmented:
-        model.train_step = whole_epoch(model.train_step, images, labels, cfg.batch_size)
-        return EpochKeys(cfg.seed)
-    if fused:
-        model.train_step = _looped(model.train_step)
-    return BatchChunks(images, labels, cfg.batch_size, cfg.steps_per_execution if fused else 1,
-                       cfg.seed, chunked=fused, max_shift=cfg.augment.max_shift,
-                       horizontal_flip=cfg.augment.horizontal_flip)
+    fused = model.jit_compile and cfg.steps_per_execution > 1
+    batches = BatchChunks(images, labels, cfg.batch_size,
+                          cfg.steps_per_execution if fused else 1, cfg.seed, chunked=fused,
+                          max_shift=cfg.augment.max_shift,
+                          horizontal_flip=cfg.augment.horizontal_flip)
+    return batches, _looped(model.train_step) if fused else model.train_step
+
+
+@contextmanager
+def _installed(model: keras.Model, train_step: Callable) -> Iterator[None]:
+    """The model runs train_step inside (on this instance: it saves as usual); its own
+    steps are back afterwards, for a later fit or evaluate on host data."""
+    plain = model.train_step
+    model.train_step = train_step
+    try:
+        yield
+    finally:
+        model.train_step = plain
+        model.train_function = model.test_function = None
 
 
 def _schedule(cfg: TrainerConfig, initial_rate: float) -> list[keras.callbacks.Callback]:
