@@ -215,6 +215,9 @@ class TrainerConfig(Section):
                                                   "later runs and sweep jobs")
     compile_cache_dir: str | None = Field(None, description="null: $XDG_CACHE_HOME/mnist-exp/"
                                                             "xla, else ~/.cache/mnist-exp/xla")
+    reuse_model: bool = Field(True, description="jobs in one process (a sweep's, a study's) "
+                                                "train the model an earlier job traced and "
+                                                "compiled, when only its values differ")
     label_smoothing: Fraction = Field(0.0, description="s: the true class's target is 1 - s + "
                                                        "s/10, every other class's s/10")
     lr_schedule: LRScheduleConfig = Field(default_factory=LRScheduleConfig)

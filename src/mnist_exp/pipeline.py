@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mnist_exp import compile_cache, plots, pruning, tracking
+from mnist_exp import compile_cache, kept_models, plots, pruning, tracking
 from mnist_exp.checkpoints import checkpoint_for
 from mnist_exp.config import CNNConfig, Config
 from mnist_exp.data import load_dataset
@@ -111,6 +111,9 @@ def run_experiment(config: Config, context: RunContext = RunContext()) -> RunRes
                             normalization=d.normalization, train_images=data.x_train)
         compile_model(model, config.optimizer, label_smoothing=t.label_smoothing,
                       **execution_settings(t, convolutional=isinstance(config.model, CNNConfig)))
+        if t.reuse_model:  # an earlier job's, already traced, holding this one's state
+            model = kept_models.adopt(model, fed=(t.batch_size, t.eval_batch_size,
+                                                  data.x_train.shape, data.x_val.shape))
     if context.progress_bar:
         model.summary(print_fn=log.info)
     with clock("tracking"):
@@ -145,6 +148,7 @@ def run_experiment(config: Config, context: RunContext = RunContext()) -> RunRes
                                   verbose=1 if context.progress_bar else 2,
                                   backup_dir=checkpoint.backup_dir)
                 except TrainingStepFailed as e:
+                    kept_models.forget()  # nor trust what it traced
                     if cache is None:
                         raise
                     compile_cache.clear(cache)

@@ -1,0 +1,77 @@
+"""Jobs in one process train one kept model per compiled program (trainer.reuse_model).
+
+TensorFlow names every traced function with a process-wide counter, and XLA's persistent
+cache keys on that name, so a fresh model in each of a sweep's jobs traces and compiles
+the same steps again: ~1.5 s a job with the cache warm, ~6 s cold (2 cores). Jobs that
+share a process (Hydra's basic launcher, an Optuna study's trials, a joblib worker's
+later jobs) and whose models differ only in their values take the model kept from an
+earlier job instead, with the fresh model's whole state copied in: weights, random-seed
+states, and the optimizer's step, learning rate and moments. The job then trains exactly
+as the fresh model would have (test_kept_models.py), on steps already traced.
+
+What Keras bakes into the traced program is the key: the layers' configs, the loss, the
+metrics and the optimizer's settings, all but its learning rate, which is a variable.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+
+import keras
+
+KEEP = 4  # programs kept per process: a grid over two or three settings alternates them
+
+_kept: OrderedDict[str, keras.Model] = OrderedDict()
+
+
+def adopt(fresh: keras.Model, fed: tuple = ()) -> keras.Model:
+    """The kept model of fresh's program, holding fresh's state; else fresh, kept for the
+    next job. `fresh` must be compiled, with nothing trained yet. `fed`: the batch sizes and
+    set shapes it will be fed, also part of the traced steps (resident.py keeps one set of
+    steps per model, so a sweep over batch sizes keeps a model per size)."""
+    key = program_key(fresh) + repr(fed)
+    kept = _kept.pop(key, None)
+    if kept is None:
+        kept = fresh
+    else:
+        _copy_state(fresh, kept)
+    _kept[key] = kept
+    while len(_kept) > KEEP:
+        _kept.popitem(last=False)
+    return kept
+
+
+def forget() -> None:
+    """Drop every kept model (and what they hold on the device)."""
+    _kept.clear()
+
+
+def program_key(model: keras.Model) -> str:
+    """What the traced steps depend on, but for the layers' and optimizer's names (Keras
+    numbers them per process) and a constant learning rate."""
+    config = model.get_config()
+    layers = [{**layer, "config": {k: v for k, v in layer["config"].items() if k != "name"}}
+              for layer in config["layers"]]
+    compiled = model.get_compile_config()
+    variable = {"name"} | ({"learning_rate"} if isinstance(
+        compiled["optimizer"]["config"].get("learning_rate"), float) else set())
+    optimizer = {k: v for k, v in compiled["optimizer"]["config"].items() if k not in variable}
+    compiled = {**compiled, "optimizer": {**compiled["optimizer"], "config": optimizer}}
+    return json.dumps([{**config, "layers": layers}, compiled], sort_keys=True, default=repr)
+
+
+def _copy_state(fresh: keras.Model, kept: keras.Model) -> None:
+    """Every variable of fresh (and of its optimizer, built for the purpose) into kept's."""
+    for model in (fresh, kept):
+        if not model.optimizer.built:
+            model.optimizer.build(model.trainable_variables)
+    pairs = [*zip(fresh.variables, kept.variables, strict=True),
+             *zip(fresh.optimizer.variables, kept.optimizer.variables, strict=True)]
+    for source, target in pairs:
+        if source.shape != target.shape or source.dtype != target.dtype:
+            raise ValueError(f"kept model differs from the fresh one at {target.path}")
+        target.assign(source)
+    kept.reset_metrics()
+    kept.stop_training = False
+    kept._initial_epoch = None  # BackupAndRestore's resumed epoch, from an earlier job
