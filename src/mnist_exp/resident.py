@@ -15,7 +15,6 @@ assigns the new values and runs what is already traced and compiled.
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -91,21 +90,23 @@ class ResidentSteps:
             model.train_function = model.test_function = None
 
 
-_STEPS_OF: weakref.WeakKeyDictionary[keras.Model, ResidentSteps] = weakref.WeakKeyDictionary()
-
-
 def steps_for(model: keras.Model, train: tuple[np.ndarray, np.ndarray],
               val: tuple[np.ndarray, np.ndarray], batch_size: int,
               eval_batch_size: int) -> ResidentSteps:
     """The model's resident steps for these sets: those of its last fit, with the new values
     loaded, when the shapes and batch sizes are the same (nothing to trace or compile);
-    else new ones."""
-    kept = _STEPS_OF.get(model)
+    else new ones. They live as long as the model (an attribute, like Keras' own
+    train_function), so a model no job keeps frees its sets with it."""
+    kept = getattr(model, _ATTRIBUTE, None)
     if kept is not None and kept.shapes == _shapes(train, val, batch_size, eval_batch_size):
         kept.load(train, val)
         return kept
-    _STEPS_OF[model] = steps = ResidentSteps(model, train, val, batch_size, eval_batch_size)
+    steps = ResidentSteps(model, train, val, batch_size, eval_batch_size)
+    setattr(model, _ATTRIBUTE, steps)
     return steps
+
+
+_ATTRIBUTE = "_mnist_exp_resident_steps"
 
 
 def _shapes(train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray],

@@ -120,13 +120,12 @@ def fit(
     if one_hot_targets(model):  # label smoothing: see model.compile_model
         classes = model.output_shape[-1]
         y_train, y_val = (keras.utils.to_categorical(y, classes) for y in (y_train, y_val))
-    x_val = data.x_val
-    validation: tuple | keras.utils.PyDataset = (x_val, y_val)
+    validation: tuple | keras.utils.PyDataset = (data.x_val, y_val)
     if _resident(model, cfg):  # the sets on the device, the steps traced at most once
         batches: keras.utils.PyDataset = EpochKeys(cfg.seed)
         validation = OneCall()
-        steps = steps_for(model, (data.x_train, y_train), (x_val, y_val), cfg.batch_size,
-                          cfg.eval_batch_size).installed(model)
+        steps = steps_for(model, (data.x_train, y_train), (data.x_val, y_val),
+                          cfg.batch_size, cfg.eval_batch_size).installed(model)
     else:
         batches, train_step = _host_batches(model, data.x_train, y_train, cfg)
         steps = _installed(model, train_step)
