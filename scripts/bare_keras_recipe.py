@@ -16,8 +16,8 @@ import time
 
 import keras
 
-from mnist_exp.data import load_arrays
-from mnist_exp.train import EpochClock
+from mnist_exp.data.load import load_arrays
+from mnist_exp.training.fit import EpochClock
 
 
 def main() -> None:

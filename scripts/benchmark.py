@@ -235,12 +235,12 @@ def _pipeline_worker(dataset: str, path: str | None, epochs: int) -> dict:
     """Our training path with the seed_notebook config, timed per epoch."""
     from hydra import compose, initialize_config_dir
 
-    from mnist_exp.config import parse_config
-    from mnist_exp.data import load_dataset
-    from mnist_exp.model import build_model, compile_model
-    from mnist_exp.run import CONF_DIR
-    from mnist_exp.scoring import evaluate
-    from mnist_exp.train import EpochClock, execution_settings, fit, setup_runtime
+    from mnist_exp.cli.run import CONF_DIR
+    from mnist_exp.config.schema import parse_config
+    from mnist_exp.data.load import load_dataset
+    from mnist_exp.evaluation.scoring import evaluate
+    from mnist_exp.training.fit import EpochClock, execution_settings, fit, setup_runtime
+    from mnist_exp.training.model import build_model, compile_model
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         overrides = ["experiment=seed_notebook", f"data={dataset}", f"trainer.epochs={epochs}"]
@@ -268,7 +268,7 @@ def _torch_worker(dataset: str, path: str | None, epochs: int) -> dict:
     import numpy as np
     import torch
 
-    from mnist_exp.data import load_arrays
+    from mnist_exp.data.load import load_arrays
 
     torch.manual_seed(42)
     (x, y), (x_test, y_test), _ = load_arrays(dataset, path)

@@ -19,7 +19,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
-from mnist_exp.data import load_arrays
+from mnist_exp.data.load import load_arrays
 
 SIZES = (784, 128, 32, 10)
 RATE, BETA1, BETA2, EPS = 1e-3, 0.9, 0.999, 1e-7  # keras.optimizers.Adam's defaults

@@ -42,7 +42,7 @@ def _log_figures(study: Any, sweep_dir: Path) -> None:
     import mlflow
     from optuna.visualization import matplotlib as views
 
-    from mnist_exp.store import read_sweep_info
+    from mnist_exp.tracking.store import read_sweep_info
 
     info = read_sweep_info(sweep_dir)
     if info is None:

@@ -50,7 +50,7 @@ class OptunaSweeper(Sweeper):
 
         from hydra_plugins.mnist_exp_optuna import results
         from hydra_plugins.mnist_exp_optuna.space import as_override, parse_params
-        from mnist_exp.study import (
+        from mnist_exp.sweeps.study import (
             TRIAL_ENV,
             make_pruner,
             make_sampler,

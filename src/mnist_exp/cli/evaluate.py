@@ -1,0 +1,64 @@
+"""Command-line entry point: `python -m mnist_exp.evaluate model_uri=<model> [data=...]`.
+
+Scores a logged model (a run id, m-..., runs:/..., models:/<name>@<alias>) on a test set
+and records an evaluation run linked to it (evaluation_run.py does the work). Hydra
+composes conf/evaluate.yaml from the same `data` and `tracking` groups as training; with
+no data given, the training run's data settings and seed are used.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from mnist_exp.cli.native_log import quiet_native_startup
+from mnist_exp.cli.process_exit import exit_after
+from mnist_exp.cli.run import CONF_DIR, exit_with, interrupt, print_run_link
+from mnist_exp.config.schema import EvaluationConfig, UserError, parse_config
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="evaluate")
+def evaluation(cfg: DictConfig) -> float:
+    """Evaluate the model; print its test accuracy and the run's link; return the accuracy."""
+    hydra_cfg = HydraConfig.get()
+    output_dir = Path(hydra_cfg.runtime.output_dir)
+    try:
+        config = parse_config(cfg, EvaluationConfig)
+        start = time.perf_counter()
+        with quiet_native_startup(verbose=bool(hydra_cfg.verbose)):
+            from mnist_exp.jobs.evaluation import evaluate_model  # heavy: TF and MLflow
+        result = evaluate_model(config, overrides=tuple(hydra_cfg.overrides.task),
+                                launch_dir=Path(hydra_cfg.runtime.cwd),
+                                log_file=output_dir / f"{hydra_cfg.job.name}.log")
+    except UserError as e:
+        exit_with(e)
+    print(f"\nTest accuracy {result.test_accuracy:.4f} (loss {result.test_loss:.4f}) of "
+          f"{result.model_uri} on {result.test_images} {result.data_name} test images "
+          f"(classes {', '.join(result.class_names)}); {time.perf_counter() - start:.1f} s")
+    if result.run_id is None:
+        print(f"Recorded offline in {result.record}; upload it with: "
+              f"python -m mnist_exp.sync {result.record}")
+    else:
+        print_run_link(result)
+    return result.test_accuracy
+
+
+def main() -> None:
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # stderr is ours
+    signal.signal(signal.SIGTERM, interrupt)
+    evaluation()
+
+
+def cli() -> None:
+    """`python -m mnist_exp.evaluate`: main, then the quick exit of process_exit.py."""
+    exit_after(main)
+
+
+if __name__ == "__main__":
+    cli()

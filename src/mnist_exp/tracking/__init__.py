@@ -1,0 +1,1 @@
+"""MLflow: the store, each run's local record, the uploader and a run's lifecycle."""
