@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from helpers import TINY, compose_config, own_lines, run_module
-from mnist_exp.config.preflight import RequestError, check_fits_data, parameter_count
+from mnist_exp.config.preflight import check_fits_data, parameter_count
 from mnist_exp.config.schema import parse_config
-from mnist_exp.data.load import DataError, load_idx_folder, load_npz
+from mnist_exp.data.load import load_idx_folder, load_npz
+from mnist_exp.errors import DataError, RequestError
 
 # (override, what the one line must say); {tmp} is the test's folder.
 BEFORE_ANY_WORK = [

@@ -9,7 +9,8 @@ import pytest
 
 from helpers import compose_config, options, own_lines, run_module
 from mnist_exp.cli.run import check_overrides
-from mnist_exp.config.schema import ConfigError, parse_config
+from mnist_exp.config.schema import parse_config
+from mnist_exp.errors import ConfigError
 
 GROUPS = ["data", "model", "optimizer", "trainer", "tracking", "experiment", "hparams_search"]
 

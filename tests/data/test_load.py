@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 
 from mnist_exp.data.load import (
-    DataError,
     load_arrays,
     load_dataset,
     load_idx_folder,
     read_idx,
     split_validation,
 )
+from mnist_exp.errors import DataError
 
 # The md5 of each official MNIST test file's content, once ungzipped (the published .gz
 # files have md5 9fb629c4... and ec29112d...).
@@ -149,7 +149,7 @@ def test_offline_without_a_local_copy_says_how_to_fix_it(tmp_path):
     env = {**os.environ, "KERAS_HOME": str(tmp_path), "HTTPS_PROXY": "http://127.0.0.1:9",
            "HTTP_PROXY": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9",
            "http_proxy": "http://127.0.0.1:9", "TF_CPP_MIN_LOG_LEVEL": "3"}
-    code = ("from mnist_exp.data.load import load_arrays, DataError\n"
+    code = ("from mnist_exp.data.load import load_arrays\nfrom mnist_exp.errors import DataError\n"
             "try:\n    load_arrays('mnist')\nexcept DataError as e:\n    print(e)\n")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                          text=True, timeout=300).stdout

@@ -16,7 +16,8 @@ import pytest
 import tensorflow as tf
 
 from helpers import SECRET, TINY, own_lines, run_module, start_module
-from mnist_exp.data.load import DataError, load_idx_folder
+from mnist_exp.data.load import load_idx_folder
+from mnist_exp.errors import DataError
 
 
 def runs_of(workdir, experiment="mnist"):

@@ -20,7 +20,8 @@ from omegaconf import DictConfig
 from mnist_exp.cli.native_log import quiet_native_startup
 from mnist_exp.cli.process_exit import exit_after
 from mnist_exp.cli.run import CONF_DIR, exit_with, interrupt, print_run_link
-from mnist_exp.config.schema import EvaluationConfig, UserError, parse_config
+from mnist_exp.config.schema import EvaluationConfig, parse_config
+from mnist_exp.errors import UserError
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="evaluate")

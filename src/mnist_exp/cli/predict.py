@@ -22,7 +22,7 @@ import numpy as np
 
 from mnist_exp.cli.native_log import quiet_native_startup
 from mnist_exp.cli.process_exit import exit_after
-from mnist_exp.config.schema import UserError, first_line
+from mnist_exp.errors import UserError, first_line
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from mnist_exp.cli.process_exit import exit_after
-from mnist_exp.config.schema import UserError, first_line
+from mnist_exp.errors import UserError, first_line
 from mnist_exp.sweeps.ranking import (
     TOP,
     Row,

@@ -30,7 +30,8 @@ from omegaconf import DictConfig
 from mnist_exp.cli.native_log import quiet_native_startup
 from mnist_exp.cli.process_exit import exit_after
 from mnist_exp.config.preflight import check_fits_memory
-from mnist_exp.config.schema import ConfigError, UserError, first_line, parse_config
+from mnist_exp.config.schema import parse_config
+from mnist_exp.errors import ConfigError, NotUploaded, UserError, first_line
 from mnist_exp.sweeps.callback import finished_job, record_failed_job, threads_per_job
 from mnist_exp.sweeps.study import TRIAL_ENV, TrialLink, resolve_storage
 from mnist_exp.tracking.store import (
@@ -184,8 +185,6 @@ def experiment(cfg: DictConfig) -> float:
         print(f"Recorded offline in {result.kept_in}; upload it with: "
               f"python -m mnist_exp.sync {result.kept_in}")
     elif result.kept_in is not None:  # the tracking server was away at the end
-        from mnist_exp.tracking.upload import NotUploaded
-
         if not sweeping:
             exit_with(NotUploaded(result.kept_in, result.tracking_uri))
         log.warning("%s", NotUploaded(result.kept_in, result.tracking_uri))

@@ -34,11 +34,11 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         return _error(f"no such folder: {', '.join(missing)}", 2)
 
-    from mnist_exp.config.schema import UserError
+    from mnist_exp.errors import NotUploaded, ServerDown, UserError
     from mnist_exp.sweeps.callback import SUMMARY_PENDING, summarize
     from mnist_exp.tracking.record import RunRecord
     from mnist_exp.tracking.store import read_sweep_info
-    from mnist_exp.tracking.upload import NotUploaded, ServerDown, bound_http_calls, upload_folder
+    from mnist_exp.tracking.upload import bound_http_calls, upload_folder
 
     bound_http_calls()
     uploaded: list[RunRecord] = []

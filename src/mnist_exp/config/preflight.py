@@ -13,7 +13,8 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mnist_exp.config.schema import CNNConfig, Config, UserError
+from mnist_exp.config.schema import CNNConfig, Config
+from mnist_exp.errors import RequestError
 
 _FLOAT = 4  # bytes per float32
 _IMAGE_SIDE, _CLASSES = 28, 10
@@ -21,10 +22,6 @@ _IMAGE_SIDE, _CLASSES = 28, 10
 
 if TYPE_CHECKING:  # numpy costs ~0.1 s: not on the path that only checks the config
     import numpy as np
-
-
-class RequestError(UserError):
-    """A setting that the data or the machine cannot meet."""
 
 
 def parameter_count(config: Config, classes: int = _CLASSES) -> int:

@@ -31,14 +31,7 @@ from pydantic import (
 )
 
 from mnist_exp.config.explain import Allowed, conflict, options, sentence
-
-
-class UserError(Exception):
-    """A mistake the user can fix: shown as one line, without a traceback."""
-
-
-class ConfigError(UserError):
-    """A configuration value that is missing, mistyped or out of range."""
+from mnist_exp.errors import ConfigError, first_line
 
 
 def _exists(path: str) -> str:
@@ -330,8 +323,3 @@ def parse_config(cfg: DictConfig | dict, schema: type[S] = Config) -> S:
 def to_dict(config: Config) -> dict[str, Any]:
     """The config as plain nested dicts and lists, e.g. for YAML or MLflow params."""
     return config.model_dump()
-
-
-def first_line(e: Exception) -> str:
-    """The first line of an exception's message, for one-line error reports."""
-    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

@@ -12,16 +12,12 @@ from pathlib import Path
 
 import numpy as np
 
-from mnist_exp.config.schema import UserError
 from mnist_exp.data.load import IMAGE_SHAPE
+from mnist_exp.errors import ImageError
 
 MAX_FILE_BYTES = 20 * 2**20
 MAX_PIXELS = 40_000_000  # a decompression bomb would be far past this
 _BOX = 20
-
-
-class ImageError(UserError):
-    """A file that is not a usable image."""
 
 
 def load_image(path: Path) -> np.ndarray:

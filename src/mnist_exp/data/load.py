@@ -20,7 +20,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from mnist_exp.config.schema import UserError, first_line
+from mnist_exp.errors import DataError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -90,10 +90,6 @@ OFFICIAL: dict[str, dict[str, Official]] = {
                                            ("15d484375f8d13e6eb1aabb0c3f46965",)),
     },
 }
-
-
-class DataError(UserError):
-    """A dataset that is missing, unreadable or not what it claims to be."""
 
 
 @dataclass(frozen=True)

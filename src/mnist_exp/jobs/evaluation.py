@@ -16,8 +16,9 @@ import mlflow
 import yaml
 
 from mnist_exp.cli.predict import load_model
-from mnist_exp.config.schema import Config, ConfigError, EvaluationConfig, first_line, parse_config
+from mnist_exp.config.schema import Config, EvaluationConfig, parse_config
 from mnist_exp.data.load import load_dataset
+from mnist_exp.errors import ConfigError, NotUploaded, first_line
 from mnist_exp.evaluation import figures
 from mnist_exp.evaluation.scoring import evaluate
 from mnist_exp.tracking import runs
@@ -29,7 +30,6 @@ from mnist_exp.tracking.store import (
     redact,
     resolve_tracking_uri,
 )
-from mnist_exp.tracking.upload import NotUploaded
 
 log = logging.getLogger(__name__)
 

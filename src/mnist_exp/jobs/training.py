@@ -18,6 +18,7 @@ from pathlib import Path
 from mnist_exp.config.preflight import check_fits_data, check_fits_memory
 from mnist_exp.config.schema import CNNConfig, Config
 from mnist_exp.data.load import load_dataset
+from mnist_exp.errors import TrainingStepFailed
 from mnist_exp.evaluation import figures
 from mnist_exp.evaluation.scoring import evaluate
 from mnist_exp.sweeps import pruning
@@ -35,7 +36,7 @@ from mnist_exp.tracking.store import (
 )
 from mnist_exp.tracking.upload import LOGGED_MODEL
 from mnist_exp.training import compile_cache, kept_models
-from mnist_exp.training.fit import TrainingStepFailed, execution_settings, fit, setup_runtime
+from mnist_exp.training.fit import execution_settings, fit, setup_runtime
 from mnist_exp.training.interrupts import DeferredInterrupts
 from mnist_exp.training.model import build_model, compile_model
 from mnist_exp.training.resume import checkpoint_for

@@ -33,12 +33,11 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 from omegaconf.errors import InterpolationResolutionError
 
-from mnist_exp.config.schema import UserError
+from mnist_exp.errors import NotUploaded, ServerDown, TrackingError, UserError
 from mnist_exp.sweeps.cluster import check_partition, cores_per_job, is_slurm, quiet_submitit
 from mnist_exp.tracking.store import (
     SWEEP_FILE,
     SweepInfo,
-    TrackingError,
     allow_concurrent_writers,
     check_artifact_store,
     check_reachable,
@@ -248,7 +247,7 @@ class MlflowSweepCallback(Callback):
         """Upload what the jobs could not (their server was away), then the summary. If the
         server is still away, the sweep is kept: one line, exit 3, and `python -m
         mnist_exp.sync <sweep dir>` uploads the jobs and the summary later."""
-        from mnist_exp.tracking.upload import NotUploaded, ServerDown, upload_folder
+        from mnist_exp.tracking.upload import upload_folder
 
         sweep_dir = Path(config.hydra.sweep.dir)
         info = read_sweep_info(sweep_dir)
@@ -278,7 +277,7 @@ def summarize(info: SweepInfo, sweep_dir: Path, registered: str | None) -> int:
     import mlflow
 
     from mnist_exp.sweeps import ranking as report
-    from mnist_exp.tracking.upload import ServerDown, unreachable
+    from mnist_exp.tracking.upload import unreachable
 
     client = mlflow.MlflowClient(info.tracking_uri)
     try:

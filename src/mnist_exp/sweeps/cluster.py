@@ -12,11 +12,7 @@ import subprocess
 
 from omegaconf import DictConfig, OmegaConf
 
-from mnist_exp.config.schema import UserError
-
-
-class ClusterError(UserError):
-    """The cluster cannot take the sweep's jobs as configured."""
+from mnist_exp.errors import ClusterError
 
 
 def is_slurm(launcher: DictConfig | dict) -> bool:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mnist_exp.config.schema import ConfigError
+from mnist_exp.errors import ConfigError
 from mnist_exp.tracking.store import allow_concurrent_writers
 
 DEFAULT_STORAGE = "optuna.db"

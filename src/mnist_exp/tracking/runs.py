@@ -25,12 +25,13 @@ from mlflow.tracking.context.registry import resolve_tags
 from omegaconf import OmegaConf
 
 from mnist_exp import __version__
-from mnist_exp.config.schema import Config, TrackingConfig, first_line, to_dict
+from mnist_exp.config.schema import Config, TrackingConfig, to_dict
 from mnist_exp.data.load import Dataset
+from mnist_exp.errors import NotUploaded, first_line
 from mnist_exp.evaluation.scoring import Evaluation
 from mnist_exp.tracking.record import RunRecord
 from mnist_exp.tracking.store import redact
-from mnist_exp.tracking.upload import LOGGED_MODEL, NotUploaded, Tracker, bound_http_calls
+from mnist_exp.tracking.upload import LOGGED_MODEL, Tracker, bound_http_calls
 
 log = logging.getLogger(__name__)
 

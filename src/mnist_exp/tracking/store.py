@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from mnist_exp.config.schema import UserError
+from mnist_exp.errors import TrackingError
 
 DEFAULT_DB = "mlflow.db"
 DEFAULT_ARTIFACTS = "mlruns"
@@ -59,10 +59,6 @@ def claim_sweep_dir(sweep_dir: Path) -> bool:
 def read_sweep_info(sweep_dir: Path) -> SweepInfo | None:
     path = sweep_dir / SWEEP_FILE
     return SweepInfo(**json.loads(path.read_text())) if path.is_file() else None
-
-
-class TrackingError(UserError):
-    """The tracking store cannot be used as configured."""
 
 
 def resolve_tracking_uri(configured: str | None, launch_dir: Path) -> str:

@@ -26,7 +26,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import Model
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
-from mnist_exp.config.schema import UserError, first_line
+from mnist_exp.errors import ServerDown, UserError, first_line
 from mnist_exp.tracking.record import RunRecord, find_records
 from mnist_exp.tracking.store import check_reachable, prepare_experiment, redact
 
@@ -38,21 +38,6 @@ LOGGED_MODEL = "@logged"  # a metric event's model: the model this run logged (o
 # keep a run waiting for minutes on a server that went away. The record makes retrying
 # here pointless: what fails is uploaded later.
 HTTP_LIMITS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
-
-
-class ServerDown(Exception):
-    """The tracking store did not answer (refused, timed out, or a 5xx)."""
-
-
-class NotUploaded(UserError):
-    """A run's end found the server still down: the run is kept in its record."""
-
-    exit_code = 3
-
-    def __init__(self, folder: Path, uri: str, what: str = "the run is") -> None:
-        super().__init__(f"tracking server {redact(uri)} not answering; {what} kept in "
-                         f"{folder}; upload it with: python -m mnist_exp.sync {folder}")
-        self.folder = folder
 
 
 def bound_http_calls() -> None:

@@ -1,33 +1,27 @@
-"""Fitting the model: seeding, callbacks (early stopping, schedule, NaN guard, resumable
-state), the looped step and Keras' fit. The batches it is fed come from batches.py."""
+"""Fitting the model along its execution plan: callbacks (early stopping, schedule, NaN
+guard, resumable state), the looped step and Keras' fit."""
 
 from __future__ import annotations
 
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
+from typing import Any
 
 import keras
-import numpy as np
 import tensorflow as tf
 
-from mnist_exp.config.schema import TrainerConfig, UserError
+from mnist_exp.config.schema import LRScheduleConfig, TrainerConfig
 from mnist_exp.data.load import Dataset
+from mnist_exp.errors import TrainingDiverged, TrainingStepFailed
+from mnist_exp.training import compile_cache, kept_models
 from mnist_exp.training.batches import BatchChunks
+from mnist_exp.training.execution import ExecutionPlan
 from mnist_exp.training.interrupts import DeferredInterrupts
 from mnist_exp.training.model import one_hot_targets
 from mnist_exp.training.resident import EpochKeys, OneCall, steps_for
-
-
-class TrainingDiverged(UserError):
-    """The loss stopped being a finite number."""
-
-
-class TrainingStepFailed(UserError):
-    """XLA's compiled step raised, and Keras ended the epochs as if the data had run out
-    (seen with a damaged compilation cache entry: compile_cache.py)."""
 
 
 class _EpochOf(keras.callbacks.Callback):
@@ -57,78 +51,29 @@ class EpochClock(keras.callbacks.Callback):
         self.seconds.append(time.perf_counter() - self._start)
 
 
-def setup_runtime(seed: int, deterministic: bool = False, threads: int = 0) -> None:
-    """Seed Python, NumPy and TensorFlow; optionally make ops deterministic and cap
-    TensorFlow's thread pools (0 keeps its default: one thread per core). Call before
-    TensorFlow runs its first op: the thread counts cannot change after that."""
-    if threads:
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(threads)
-    keras.utils.set_random_seed(seed)
-    if deterministic:
-        tf.config.experimental.enable_op_determinism()
-
-
-def execution_settings(cfg: TrainerConfig, convolutional: bool = False) -> dict[str, int | bool]:
-    """compile() arguments for how steps run. With XLA, several steps per execution run as
-    one compiled loop (`fit` feeds chunks of batches), so Keras compiles one step per call;
-    without, Keras' own steps_per_execution loop does it. XLA has no deterministic mode, so
-    trainer.deterministic takes the plain path; and XLA's convolutions on a CPU are some
-    40x slower than TensorFlow's oneDNN ones (small CNN, batch 64, 2 cores: 38 s vs 0.9 s
-    an epoch of 5,120 images), so a convolutional model uses XLA only on a GPU."""
-    jit = (cfg.jit_compile and not cfg.deterministic
-           and (not convolutional or bool(tf.config.list_physical_devices("GPU"))))
-    return {"jit_compile": jit, "steps_per_execution": 1 if jit else cfg.steps_per_execution}
-
-
 def fit(
     model: keras.Model,
     data: Dataset,
     cfg: TrainerConfig,
+    plan: ExecutionPlan,
+    *,
+    learning_rate: float,
     callbacks: Sequence[keras.callbacks.Callback] = (),
     verbose: int | str = "auto",
     backup_dir: Path | None = None,
 ) -> dict[str, list[float]]:
-    """Train on data's training split, validating each epoch; return the per-epoch history
-    of this call (with a restored backup, only the epochs run now).
+    """Train on data's training split, validating each epoch, along `plan`'s path; return the
+    per-epoch history of this call (with a restored backup, only the epochs run now).
+    `learning_rate` is the configured one, where a schedule starts.
 
     With `backup_dir`, the state after each finished epoch is kept there and a later call
     with the same folder continues from it; a loss that turns NaN or infinite stops
     training at once and raises TrainingDiverged. Ctrl-C or SIGTERM takes effect at the
     end of the current step (see interrupts.py); on the resident path a step is a whole
-    epoch and its validation pass (Fashion-MNIST on 2 cores: ~0.4 s), so the wait is at most
-    one epoch.
+    epoch and its validation pass, so the wait is at most one epoch.
     """
-    stopping = cfg.early_stopping
-    all_callbacks: list[keras.callbacks.Callback] = [keras.callbacks.TerminateOnNaN()]
-    if stopping.enabled:
-        all_callbacks.append(keras.callbacks.EarlyStopping(
-            monitor=stopping.monitor,
-            patience=stopping.patience,
-            min_delta=stopping.min_delta,
-            restore_best_weights=stopping.restore_best_weights,
-            verbose=1,
-        ))
-    initial_rate = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
-    all_callbacks.extend(_schedule(cfg, initial_rate))
-    all_callbacks.extend(callbacks)
     interrupts = DeferredInterrupts()  # Ctrl-C between steps, never inside TensorFlow
-    all_callbacks.append(interrupts)
-    if backup_dir is not None:  # last: an epoch is saved only once everything saw its end
-        all_callbacks.append(keras.callbacks.BackupAndRestore(str(backup_dir)))
-    y_train, y_val = data.y_train, data.y_val
-    if one_hot_targets(model):  # label smoothing: see model.compile_model
-        classes = model.output_shape[-1]
-        y_train, y_val = (keras.utils.to_categorical(y, classes) for y in (y_train, y_val))
-    validation: tuple | keras.utils.PyDataset = (data.x_val, y_val)
-    if _resident(model, cfg):  # the sets on the device, the steps traced at most once
-        batches: keras.utils.PyDataset = EpochKeys(cfg.seed)
-        validation = OneCall()
-        steps = steps_for(model, (data.x_train, y_train), (data.x_val, y_val),
-                          cfg.batch_size, cfg.eval_batch_size).installed(model)
-    else:
-        batches, train_step = _host_batches(model, data.x_train, y_train, cfg)
-        steps = _installed(model, train_step)
+    batches, validation, steps = _feed(model, data, cfg, plan)
     with steps, interrupts:
         history = model.fit(
             batches,
@@ -136,39 +81,81 @@ def fit(
             validation_data=validation,
             validation_batch_size=cfg.eval_batch_size,
             epochs=cfg.epochs,
-            callbacks=[_EpochOf(batches), *all_callbacks],
+            callbacks=[_EpochOf(batches), *_callbacks(cfg, learning_rate, callbacks,
+                                                      interrupts, backup_dir)],
             verbose=verbose,
         )
+    _check(history)
+    return history.history
+
+
+def _callbacks(cfg: TrainerConfig, learning_rate: float,
+               callbacks: Sequence[keras.callbacks.Callback], interrupts: DeferredInterrupts,
+               backup_dir: Path | None) -> list[keras.callbacks.Callback]:
+    """The NaN guard, early stopping, the schedule, the caller's, the deferred interrupts,
+    and last the backup: an epoch is saved only once everything saw its end."""
+    stopping = cfg.early_stopping
+    found: list[keras.callbacks.Callback] = [keras.callbacks.TerminateOnNaN()]
+    if stopping.enabled:
+        found.append(keras.callbacks.EarlyStopping(
+            monitor=stopping.monitor,
+            patience=stopping.patience,
+            min_delta=stopping.min_delta,
+            restore_best_weights=stopping.restore_best_weights,
+            verbose=1,
+        ))
+    found += [*_schedule(cfg.lr_schedule, cfg.epochs, learning_rate), *callbacks, interrupts]
+    if backup_dir is not None:
+        found.append(keras.callbacks.BackupAndRestore(str(backup_dir)))
+    return found
+
+
+def _feed(model: keras.Model, data: Dataset, cfg: TrainerConfig,
+          plan: ExecutionPlan) -> tuple[keras.utils.PyDataset, Any, AbstractContextManager]:
+    """What fit iterates, its validation data, and the steps the model runs meanwhile:
+    - resident: the sets on the device, the steps traced at most once (resident.py);
+    - fused: chunks of plan.chunk batches, augmented on the host (batches.py) and looped
+      over in one call each;
+    - otherwise: one host batch per step (Keras' own steps_per_execution loop, if set)."""
+    y_train, y_val = data.y_train, data.y_val
+    if one_hot_targets(model):  # label smoothing: see model.compile_model
+        classes = model.output_shape[-1]
+        y_train, y_val = (keras.utils.to_categorical(y, classes) for y in (y_train, y_val))
+    if plan.resident:
+        steps = steps_for(model, (data.x_train, y_train), (data.x_val, y_val),
+                          cfg.batch_size, cfg.eval_batch_size)
+        return EpochKeys(cfg.seed), OneCall(), steps.installed(model)
+    batches = BatchChunks(data.x_train, y_train, cfg.batch_size, plan.chunk, cfg.seed,
+                          chunked=plan.fused, max_shift=cfg.augment.max_shift,
+                          horizontal_flip=cfg.augment.horizontal_flip)
+    train_step = _looped(model.train_step) if plan.fused else model.train_step
+    return batches, (data.x_val, y_val), _installed(model, train_step)
+
+
+def _check(history: keras.callbacks.History) -> None:
+    """Raise what went wrong in the epochs Keras ended as if all was well."""
     losses = history.history.get("loss", [])
     if len(losses) < len(history.epoch):  # Keras took the failed step for the data's end
-        raise TrainingStepFailed("the compiled training step failed: epochs ended with no "
-                                 "training loss (Keras: 'Your input ran out of data')")
+        raise _step_failed()
     if losses and not math.isfinite(losses[-1]):
         raise TrainingDiverged(
             f"loss became {losses[-1]} in epoch {history.epoch[-1] + 1}; lower "
             "optimizer.learning_rate or set optimizer.clipnorm")
-    return history.history
 
 
-def _resident(model: keras.Model, cfg: TrainerConfig) -> bool:
-    """Whether fit takes the resident path (resident.py): XLA, steps_per_execution > 1 and
-    no augmentation. Whatever the path, the batches and their order are the same."""
-    fused = model.jit_compile and cfg.steps_per_execution > 1  # see execution_settings
-    return fused and not (cfg.augment.max_shift or cfg.augment.horizontal_flip)
-
-
-def _host_batches(model: keras.Model, images: np.ndarray, labels: np.ndarray,
-                  cfg: TrainerConfig) -> tuple[BatchChunks, Callable]:
-    """What `fit` iterates off the resident path, and the matching train_step:
-    - XLA with augmentation: chunks of steps_per_execution batches, augmented on the host
-      (batches.py) and looped over in one call each;
-    - otherwise: one host batch per step (Keras' own steps_per_execution loop, if set)."""
-    fused = model.jit_compile and cfg.steps_per_execution > 1
-    batches = BatchChunks(images, labels, cfg.batch_size,
-                          cfg.steps_per_execution if fused else 1, cfg.seed, chunked=fused,
-                          max_shift=cfg.augment.max_shift,
-                          horizontal_flip=cfg.augment.horizontal_flip)
-    return batches, _looped(model.train_step) if fused else model.train_step
+def _step_failed() -> TrainingStepFailed:
+    """The compiled step failed: neither what this process traced nor the compilation cache
+    it loaded from is to be trusted (a damaged cache entry does this), so both go."""
+    kept_models.forget()
+    message = ("the compiled training step failed: epochs ended with no training loss "
+               "(Keras: 'Your input ran out of data')")
+    cache = compile_cache.in_use()
+    if cache is None:
+        return TrainingStepFailed(message)
+    compile_cache.clear(cache)
+    return TrainingStepFailed(f"{message}; a damaged entry in the compilation cache does "
+                              f"this: {cache} is now emptied, run again "
+                              "(or set trainer.compile_cache=false)")
 
 
 @contextmanager
@@ -184,16 +171,16 @@ def _installed(model: keras.Model, train_step: Callable) -> Iterator[None]:
         model.train_function = model.test_function = None
 
 
-def _schedule(cfg: TrainerConfig, initial_rate: float) -> list[keras.callbacks.Callback]:
+def _schedule(s: LRScheduleConfig, epochs: int,
+              initial_rate: float) -> list[keras.callbacks.Callback]:
     """The learning-rate schedule as an epoch-level callback (it changes the optimizer's rate
     variable, so it works inside compiled loops too)."""
-    s = cfg.lr_schedule
     if s.name == "plateau":
         return [keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=s.factor,
                                                   patience=s.patience, min_lr=s.min_lr)]
     if s.name == "cosine":  # from the initial rate down to min_lr over the epochs
         def cosine(epoch: int, rate: float) -> float:
-            progress = epoch / max(1, cfg.epochs - 1)
+            progress = epoch / max(1, epochs - 1)
             return s.min_lr + (initial_rate - s.min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
 
         return [keras.callbacks.LearningRateScheduler(cosine)]
