@@ -10,6 +10,7 @@ light or heavy, imports its errors from here.
 
 from __future__ import annotations
 
+import re
 import sys
 import traceback
 from pathlib import Path
@@ -61,8 +62,6 @@ class NotUploaded(UserError):
     exit_code = 3
 
     def __init__(self, folder: Path, uri: str, what: str = "the run is") -> None:
-        from mnist_exp.tracking.store import redact  # light, but it imports this module
-
         super().__init__(f"tracking server {redact(uri)} not answering; {what} kept in "
                          f"{folder}; upload it with: python -m mnist_exp.sync {folder}")
         self.folder = folder
@@ -79,6 +78,14 @@ class JobsFailed(UserError):
 class ServerDown(Exception):
     """The tracking store did not answer (refused, timed out, or a 5xx): not for the user's
     eyes, the uploader retries later or ends in NotUploaded."""
+
+
+_CREDENTIALS = re.compile(r"(://[^/:@\s]+):[^@/\s]*@")
+
+
+def redact(text: str) -> str:
+    """Hide passwords in URIs (scheme://user:secret@host) before they are logged or shown."""
+    return _CREDENTIALS.sub(r"\1:***@", text)
 
 
 def first_line(e: BaseException) -> str:

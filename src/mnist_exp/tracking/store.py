@@ -11,7 +11,6 @@ import importlib.util
 import json
 import logging
 import os
-import re
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -20,6 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from mnist_exp.errors import TrackingError
+from mnist_exp.errors import redact as redact  # lives with the errors that show URIs
 
 DEFAULT_DB = "mlflow.db"
 DEFAULT_ARTIFACTS = "mlruns"
@@ -28,7 +28,6 @@ SWEEP_FILE = "mlflow_sweep.json"
 # development, not GenAI. (Which view a link opens in is the URL's workflowType: run.py.)
 EXPERIMENT_KIND = "mlflow.experimentKind"
 MODEL_TRAINING = "custom_model_development"
-_CREDENTIALS = re.compile(r"(://[^/:@\s]+):[^@/\s]*@")
 
 
 @dataclass(frozen=True)
@@ -240,8 +239,3 @@ def check_artifact_store(uri: str, run_id: str) -> None:
             reason = str(e).splitlines()[0]
         raise TrackingError(f"the artifact store of tracking server {redact(uri)} cannot be "
                             f"used: {reason}") from None
-
-
-def redact(text: str) -> str:
-    """Hide passwords in URIs (scheme://user:secret@host) before they are logged or shown."""
-    return _CREDENTIALS.sub(r"\1:***@", text)
