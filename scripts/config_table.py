@@ -40,7 +40,7 @@ def render() -> str:
 
 
 def update(text: str) -> str:
-    """`text` (the configuration page) with the tables between the markers replaced by `render()`."""
+    """`text` (the configuration page) with the tables between its markers replaced."""
     start, end = text.index(BEGIN) + len(BEGIN), text.index(END)
     return f"{text[:start]}\n{render()}\n{text[end:]}"
 

@@ -1,6 +1,6 @@
-"""Make the README's pictures from real runs: the training curves, confusion matrix and
-sample predictions a run logged, and a screenshot of `mlflow ui` comparing the runs of
-its experiment (headless Debian Chromium, as in tests/test_browser.py).
+"""Make the docs' pictures (docs/*.png) from real runs: the training curves, confusion matrix
+and sample predictions a run logged, and a screenshot of `mlflow ui` comparing the runs of
+its experiment (headless Debian Chromium, as in tests/tracking/test_browser.py).
 
     python scripts/docs_figures.py --tracking-uri sqlite:///mlflow.db --run <run id>
 
