@@ -38,18 +38,6 @@ def test_every_option_of_a_family_has_a_yaml_file_named_after_it(group):
     assert options(group) == sorted(FAMILIES[group])
 
 
-@pytest.mark.parametrize(("group", "option"),
-                         [(group, option) for group in SECTIONS for option in options(group)])
-def test_option_yaml_has_exactly_the_schema_keys(group, option, monkeypatch):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")  # tracking=team reads it
-    values = composed(group, option)
-    schema = FAMILIES[group][option] if group in FAMILIES else Config.model_fields[group].annotation
-    defaults = schema().model_dump()
-    assert keys(values) == keys(defaults)
-    if group in FAMILIES:
-        assert values["name"] == option
-
-
 @pytest.mark.parametrize(("group", "option"), [
     *[("model", option) for option in MODELS], *[("optimizer", option) for option in OPTIMIZERS],
     ("trainer", "default"), ("data", "mnist")])
