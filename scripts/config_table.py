@@ -1,6 +1,6 @@
-"""Write the settings tables of docs/configuration.md from the schema
-(src/mnist_exp/config/schema.py), between its markers, so the documentation cannot drift from
-the code (tests/config/test_schema.py checks that the page is current):
+"""Write the settings tables of docs/configuration.md from the schema (the mnist_exp.config
+package), between its markers, so the documentation cannot drift from the code
+(tests/config/test_schema.py checks that the page is current):
 
     python scripts/config_table.py           # rewrite the tables in docs/configuration.md
     python scripts/config_table.py --check   # exit 1, saying so, if they are out of date
