@@ -56,10 +56,15 @@ class TrainingStepFailed(UserError):
     (seen with a damaged compilation cache entry: training/compile_cache.py)."""
 
 
-class NotUploaded(UserError):
-    """A run's end found the server still down: the run is kept in its record."""
+class ServerAway(UserError):
+    """The tracking server stopped answering before everything was uploaded: nothing is
+    lost, the same command (or `python -m mnist_exp.sync`) uploads it once it answers."""
 
     exit_code = 3
+
+
+class NotUploaded(ServerAway):
+    """A run's end found the server still down: the run is kept in its record."""
 
     def __init__(self, folder: Path, uri: str, what: str = "the run is") -> None:
         super().__init__(f"tracking server {redact(uri)} not answering; {what} kept in "

@@ -10,7 +10,7 @@ import pytest
 
 from helpers import ONE_EPOCH, run_module, serving, start_module, sweep_runs
 from mnist_exp.sweeps.callback import threads_per_job
-from mnist_exp.sweeps.ranking import Row, summarize
+from mnist_exp.sweeps.ranking import Row, group_table
 
 
 @pytest.mark.parametrize(("rates", "n_jobs"), [
@@ -112,7 +112,7 @@ def test_groups_are_summarized_over_their_finished_runs():
         return Row("id", preset, status, {"tracking.run_name": preset}, val, test, 10.0)
     rows = [row("a", 0.90, 0.88), row("a", 0.92, 0.90), row("b", 0.95, 0.93),
             row("b", None, None, status="FAILED")]
-    table = summarize(rows, "tracking.run_name").splitlines()
+    table = group_table(rows, "tracking.run_name").splitlines()
     assert table[2] == "| b | 1 | 0.9300 | 0.9300 - 0.9300 | 0.9500 | 10 |"
     assert table[3] == "| a | 2 | 0.8900 ± 0.0141 | 0.8800 - 0.9000 | 0.9100 ± 0.0141 | 10 |"
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import math
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,8 @@ from hydra.core.utils import JobReturn
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig
+
+from mnist_exp.errors import ConfigError, exit_with, first_line
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +69,7 @@ class OptunaSweeper(Sweeper):
                 sampler=make_sampler(self.sampler["name"], self.sampler.get("seed")),
                 pruner=make_pruner(**self.pruner), load_if_exists=True)
         except Exception as e:  # a bad search space, sampler, pruner or storage: one line
-            print(f"mnist-exp: error: {str(e).strip().splitlines()[0]}", file=sys.stderr)
-            raise SystemExit(2) from None
+            exit_with(ConfigError(first_line(e)))
         _fail_abandoned(study)
         done = _counted(study)
         log.info("Optuna study %r in %s: %d of %d trials done%s", self.study_name, url, done,
@@ -79,10 +79,9 @@ class OptunaSweeper(Sweeper):
             try:
                 trials = [study.ask(space) for _ in range(min(self.n_jobs, to_go))]
             except ValueError as e:  # e.g. other choices than the study's earlier trials had
-                print(f"mnist-exp: error: study {self.study_name!r} in {url}: {e} (its search "
-                      "space changed: start a new study with hydra.sweeper.study_name=...)",
-                      file=sys.stderr)
-                raise SystemExit(2) from None
+                exit_with(ConfigError(f"study {self.study_name!r} in {url}: {e} (its search "
+                                      "space changed: start a new study with "
+                                      "hydra.sweeper.study_name=...)"))
             overrides = [(*(as_override(k, v) for k, v in t.params.items()),
                           *(f"{k}={v}" for k, v in fixed.items()),
                           f"++hydra.job.env_set.{TRIAL_ENV}={t._trial_id}")
@@ -99,14 +98,17 @@ def _tell(study: Any, trial: Any, ret: JobReturn) -> None:
     reason as the trial's user attribute fail_reason)."""
     from optuna.trial import TrialState
 
+    from mnist_exp.sweeps.failures import read_failure
+
     try:
         value = float(ret.return_value)
         reason = None if math.isfinite(value) else f"the job answered {value}"
     except Exception as e:  # the job raised (run.py turns most errors into NaN + FAILED)
         value, reason = math.nan, f"{type(e).__name__}: {e}"
-    failed = Path(ret.hydra_cfg.hydra.runtime.output_dir, "FAILED") if ret.hydra_cfg else None
-    if reason and failed is not None and failed.is_file():
-        reason = failed.read_text().strip()
+    job_dir = Path(ret.hydra_cfg.hydra.runtime.output_dir) if ret.hydra_cfg else None
+    failed = read_failure(job_dir) if job_dir is not None else None
+    if reason and failed is not None:
+        reason = failed[0]
     if reason:
         trial.set_user_attr("fail_reason", reason[:1000])
         study.tell(trial, state=TrialState.FAIL)

@@ -19,14 +19,15 @@ from omegaconf import DictConfig
 
 from mnist_exp.cli.native_log import quiet_native_startup
 from mnist_exp.cli.process_exit import exit_after
-from mnist_exp.cli.run import CONF_DIR, exit_with, interrupt, print_run_link
+from mnist_exp.cli.run import CONF_DIR, interrupt, print_run_link
 from mnist_exp.config.schema import EvaluationConfig, parse_config
-from mnist_exp.errors import UserError
+from mnist_exp.errors import UserError, exit_with
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="evaluate")
 def evaluation(cfg: DictConfig) -> float:
-    """Evaluate the model; print its test accuracy and the run's link; return the accuracy."""
+    """Evaluate the model; print its test accuracy and the run's link; return the accuracy.
+    Any error ends it as it ends a training run: one line (errors.describe)."""
     hydra_cfg = HydraConfig.get()
     output_dir = Path(hydra_cfg.runtime.output_dir)
     try:
@@ -37,8 +38,10 @@ def evaluation(cfg: DictConfig) -> float:
         result = evaluate_model(config, overrides=tuple(hydra_cfg.overrides.task),
                                 launch_dir=Path(hydra_cfg.runtime.cwd),
                                 log_file=output_dir / f"{hydra_cfg.job.name}.log")
-    except UserError as e:
-        exit_with(e)
+    except Exception as e:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1" and not isinstance(e, UserError):
+            raise  # for debugging: Hydra prints the whole traceback
+        exit_with(e, output_dir / f"{hydra_cfg.job.name}.log")
     print(f"\nTest accuracy {result.test_accuracy:.4f} (loss {result.test_loss:.4f}) of "
           f"{result.model_uri} on {result.test_images} {result.data_name} test images "
           f"(classes {', '.join(result.class_names)}); {time.perf_counter() - start:.1f} s")

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,7 @@ import numpy as np
 
 from mnist_exp.cli.native_log import quiet_native_startup
 from mnist_exp.cli.process_exit import exit_after
-from mnist_exp.errors import UserError, first_line
+from mnist_exp.errors import UserError, exit_with, first_line
 
 
 @dataclass(frozen=True)
@@ -121,8 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         mlflow.set_tracking_uri(resolve_tracking_uri(args.tracking_uri, Path.cwd()))
         result = predict(args.model, args.inputs, args.dataset, args.data_path)
     except UserError as e:
-        print(f"mnist-exp: error: {e}", file=sys.stderr)
-        return 2
+        exit_with(e)
     names = result.class_names
     width = max(len(name) for name in result.names)
     for name, probs, truth in zip(result.names, result.probabilities, result.true_labels,

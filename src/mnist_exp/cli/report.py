@@ -14,20 +14,19 @@ Built on MLflow's own query API.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from mnist_exp.cli.process_exit import exit_after
-from mnist_exp.errors import UserError, first_line
+from mnist_exp.errors import UserError, exit_with, first_line
 from mnist_exp.sweeps.ranking import (
     TOP,
     Row,
     describe,
     differing_params,
+    group_table,
     load_rows,
     plot_comparison,
     rank,
-    summarize,
     to_markdown,
 )
 
@@ -47,15 +46,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rows, keys = _query(args)
     except UserError as e:
-        print(f"mnist-exp: error: {e}", file=sys.stderr)
-        return 2
+        exit_with(e)
     table = to_markdown(rows, keys)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "ranking.md").write_text(table)
     plot_comparison(rows, keys).savefig(args.out / "comparison.png", dpi=110)
     print(table)
     if args.group_by:
-        summary = summarize(rows, args.group_by)
+        summary = group_table(rows, args.group_by)
         (args.out / "groups.md").write_text(summary)
         print(summary)
     if rows and rows[0].val_accuracy is not None:

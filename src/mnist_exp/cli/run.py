@@ -17,7 +17,6 @@ import signal
 import sys
 import tempfile
 import time
-import traceback
 import warnings
 from pathlib import Path
 
@@ -31,8 +30,9 @@ from mnist_exp.cli.native_log import quiet_native_startup
 from mnist_exp.cli.process_exit import exit_after
 from mnist_exp.config.preflight import check_fits_memory
 from mnist_exp.config.schema import parse_config
-from mnist_exp.errors import ConfigError, NotUploaded, UserError, first_line
-from mnist_exp.sweeps.callback import finished_job, record_failed_job, threads_per_job
+from mnist_exp.errors import ConfigError, NotUploaded, UserError, describe, exit_with, first_line
+from mnist_exp.sweeps.callback import finished_job, threads_per_job
+from mnist_exp.sweeps.failures import FAILED, record_failed_job, write_failure
 from mnist_exp.sweeps.study import TRIAL_ENV, TrialLink, resolve_storage
 from mnist_exp.tracking.store import (
     check_reachable,
@@ -144,13 +144,13 @@ def experiment(cfg: DictConfig) -> float:
 
     In a sweep, a failing job is reported, recorded (its MLflow run FAILED, a FAILED file
     in its folder) and answers NaN, so the other jobs and the sweep's summary go on; the
-    sweep then exits non-zero (see sweep.py).
+    sweep then exits as the job would have alone (sweeps/failures.py).
     """
     hydra_cfg = HydraConfig.get()
     sweeping = hydra_cfg.mode == RunMode.MULTIRUN
     started_ms = int(time.time() * 1000)
     if sweeping:
-        Path(hydra_cfg.runtime.output_dir, "FAILED").unlink(missing_ok=True)  # an earlier try's
+        Path(hydra_cfg.runtime.output_dir, FAILED).unlink(missing_ok=True)  # an earlier try's
         done = _finished_before(hydra_cfg)
         if done is not None:
             return done
@@ -167,12 +167,12 @@ def experiment(cfg: DictConfig) -> float:
         if os.environ.get("HYDRA_FULL_ERROR") == "1" and not isinstance(e, UserError):
             raise  # for debugging: Hydra prints the whole traceback
         output_dir = Path(hydra_cfg.runtime.output_dir)
-        message = str(e) if isinstance(e, UserError) else _unexpected(
-            e, output_dir / f"{hydra_cfg.job.name}.log")
+        log_file = output_dir / f"{hydra_cfg.job.name}.log"
         if not sweeping:
-            exit_with(message, code=2 if isinstance(e, UserError) else 1)
+            exit_with(e, log_file)
+        message, code = describe(e, log_file)
         log.error("job failed: %s", message)
-        (output_dir / "FAILED").write_text(f"{type(e).__name__}: {e}\n")
+        write_failure(output_dir, message, code)
         _record_failure(hydra_cfg, f"{type(e).__name__}: {e}", started_ms)
         return math.nan
     except KeyboardInterrupt:
@@ -213,23 +213,6 @@ def _record_failure(hydra_cfg, reason: str, started_ms: int) -> None:
                           reason, started_ms)
     except Exception as e:  # the FAILED file and the sweep's summary still tell
         log.warning("could not record the failed job in MLflow: %s", e)
-
-
-def exit_with(error: UserError | str, code: int = 2) -> None:
-    print(f"mnist-exp: error: {error}", file=sys.stderr)
-    raise SystemExit(getattr(error, "exit_code", code))
-
-
-def _unexpected(error: Exception, log_file: Path) -> str:
-    """One line for the console; the whole traceback goes to the job's log file."""
-    where = f"the traceback is in {log_file}"
-    try:
-        with log_file.open("a") as f:
-            f.write("".join(traceback.format_exception(error)))
-    except OSError:
-        where = "no log file could be written"
-    return (f"{type(error).__name__}: {first_line(error)} (unexpected; {where}; "
-            "HYDRA_FULL_ERROR=1 prints it here)")
 
 
 def interrupt(signum, frame) -> None:

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 from mnist_exp.cli.process_exit import exit_after
+from mnist_exp.errors import NotUploaded, ServerAway, ServerDown, UserError, exit_with
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,10 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     missing = [str(f) for f in args.folders if not f.is_dir()]
     if missing:
-        return _error(f"no such folder: {', '.join(missing)}", 2)
+        exit_with(UserError(f"no such folder: {', '.join(missing)}"))
 
-    from mnist_exp.errors import NotUploaded, ServerDown, UserError
-    from mnist_exp.sweeps.callback import SUMMARY_PENDING, summarize
+    from mnist_exp.sweeps.summary import SUMMARY_PENDING, finish_sweep
     from mnist_exp.tracking.record import RunRecord
     from mnist_exp.tracking.store import read_sweep_info
     from mnist_exp.tracking.upload import bound_http_calls, upload_folder
@@ -52,26 +51,23 @@ def main(argv: list[str] | None = None) -> int:
         left = [r for folder in args.folders
                 for r in upload_folder(folder, args.tracking_uri, report)]
         if left:
-            return _error(NotUploaded(left[0].folder, args.tracking_uri or left[0].events[0]
-                                      .get("tracking_uri", "")), 3)
+            raise NotUploaded(left[0].folder, args.tracking_uri or left[0].events[0]
+                              .get("tracking_uri", ""))
         for folder in args.folders:
             for marker in sorted(folder.rglob(SUMMARY_PENDING)):
                 info = read_sweep_info(marker.parent)
                 registered = json.loads(marker.read_text() or "{}").get("registered")
-                summarize(info, marker.parent, registered)
+                failed = finish_sweep(info, marker.parent, registered)
+                if failed is not None:  # uploaded all the same: said, not an error of sync's
+                    print(failed)
     except ServerDown as e:
-        return _error(f"tracking server not answering ({e}); run sync again once it does", 3)
+        exit_with(ServerAway(f"tracking server not answering ({e}); run sync again once it does"))
     except UserError as e:
-        return _error(e, 2)
+        exit_with(e)
     if not uploaded:
         print("nothing to upload: every run under "
               f"{', '.join(map(str, args.folders))} is on its tracking server")
     return 0
-
-
-def _error(message: object, code: int) -> int:
-    print(f"mnist-exp: error: {message}", file=sys.stderr)
-    return code
 
 
 def cli() -> None:

@@ -82,7 +82,7 @@ def to_markdown(rows: list[Row], keys: list[str], top: int = TOP) -> str:
     return "\n".join(lines) + "\n"
 
 
-def summarize(rows: list[Row], key: str) -> str:
+def group_table(rows: list[Row], key: str) -> str:
     """One line per value of config key `key`: how its finished runs scored, as mean ±
     sample standard deviation, best mean validation accuracy first."""
     groups: dict[str, list[Row]] = {}

@@ -1,0 +1,68 @@
+"""A sweep's failed jobs: the FAILED file each leaves in its folder, the FAILED MLflow run
+of one that failed before its run existed, and the error the sweep then ends with.
+
+A failed job answers NaN so the other jobs go on; its FAILED file keeps the line and exit
+code `errors.describe` gave it, so the sweep ends as that job would have ended alone.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from mnist_exp.errors import JobsFailed, redact
+from mnist_exp.tracking.store import SweepInfo
+
+FAILED = "FAILED"
+_EXIT_CODE = re.compile(r"^exit code: (\d+)$", re.MULTILINE)
+
+
+def write_failure(job_dir: Path, message: str, exit_code: int) -> None:
+    """Leave the job's failure in its folder: the user's line, then its exit code."""
+    (job_dir / FAILED).write_text(f"{message}\nexit code: {exit_code}\n")
+
+
+def read_failure(job_dir: Path) -> tuple[str, int] | None:
+    """A failed job's line and exit code (1 if none was recorded); None if it did not fail."""
+    path = job_dir / FAILED
+    if not path.is_file():
+        return None
+    text = path.read_text().strip()
+    code = _EXIT_CODE.search(text)
+    return (text.splitlines()[0] if text else "no reason recorded",
+            int(code.group(1)) if code else 1)
+
+
+def jobs_failed(sweep_dir: Path) -> JobsFailed | None:
+    """The error a sweep ends with when jobs failed: the first one's line and exit code,
+    then every failed job's folder."""
+    failed = sorted(p.parent for p in sweep_dir.glob(f"*/{FAILED}"))
+    if not failed:
+        return None
+    message, code = read_failure(failed[0]) or ("no reason recorded", 1)
+    return JobsFailed(f"{len(failed)} job(s) failed; job {failed[0].name}: {message} (see "
+                      f"FAILED in the job folders {', '.join(p.name for p in failed)} under "
+                      f"{sweep_dir})", code)
+
+
+def record_failed_job(info: SweepInfo, job: int | None, overrides: list[str], reason: str,
+                      since_ms: int) -> None:
+    """A job that failed before its MLflow run existed (e.g. a sampled value the config
+    schema refuses) still gets a FAILED run under the sweep's parent, with its reason."""
+    import mlflow
+    from mlflow.entities import Param
+
+    client = mlflow.MlflowClient(info.tracking_uri)
+    if client.search_runs([info.experiment_id],
+                          f"tags.`mlflow.parentRunId` = '{info.parent_run_id}' and "
+                          f"tags.`sweep.job` = '{job}' and attributes.start_time >= {since_ms}"):
+        return  # the run exists and ended FAILED itself
+    run = client.create_run(info.experiment_id, run_name=redact(" ".join(overrides))[:250],
+                            tags={"mlflow.parentRunId": info.parent_run_id,
+                                  "sweep.id": info.sweep_id, "sweep.job": str(job),
+                                  "overrides": redact(" ".join(overrides)),
+                                  "error": reason[:5000]})
+    params = [Param(k.lstrip("+~"), redact(v)[:6000])
+              for k, _, v in (o.partition("=") for o in overrides)]
+    client.log_batch(run.info.run_id, params=params)
+    client.set_terminated(run.info.run_id, "FAILED")

@@ -1,0 +1,116 @@
+"""A sweep's end: its jobs ranked onto the parent run, the best model crowned, the outcome
+printed. Run by the sweep's callback, or by `python -m mnist_exp.sync` for a sweep whose
+server was away at its end (it leaves SUMMARY_PENDING in its folder).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mnist_exp.errors import JobsFailed, ServerDown
+from mnist_exp.sweeps.failures import FAILED, jobs_failed
+from mnist_exp.tracking.store import SweepInfo
+
+CHAMPION = "champion"
+SUMMARY_PENDING = "SUMMARY_PENDING"  # the sweep ended while its server was away
+
+
+def finish_sweep(info: SweepInfo, sweep_dir: Path, registered: str | None) -> JobsFailed | None:
+    """Rank the sweep's jobs by validation accuracy, attach the table and a comparison plot
+    to the parent run, crown the best model, end the parent run, and print the outcome;
+    the error the sweep ends with if jobs failed. ServerDown if the store does not answer."""
+    import mlflow
+
+    from mnist_exp.sweeps import ranking as report
+    from mnist_exp.tracking.upload import unreachable
+
+    client = mlflow.MlflowClient(info.tracking_uri)
+    try:
+        rows = report.rank(report.load_rows(client, [info.experiment_id], info.parent_run_id))
+    except Exception as e:
+        if unreachable(e):
+            raise ServerDown(str(e)) from e
+        raise
+    if info.resumed:  # a job that ran again counts once, as it ended now
+        rows = [r for r in rows if r.run_id not in _superseded(client, info)]
+    keys = report.differing_params(rows[:report.TOP])
+    # A job can fail before its run exists (e.g. a bad value in the sweep): each failed
+    # job leaves a FAILED file in its folder (failures.py).
+    failed = len(list(sweep_dir.glob(f"*/{FAILED}")))
+    client.log_text(info.parent_run_id, report.to_markdown(rows, keys), "sweep_ranking.md")
+    client.log_figure(info.parent_run_id, report.plot_comparison(rows, keys),
+                      "sweep_comparison.png")
+    client.log_metric(info.parent_run_id, "jobs", len(rows) + failed
+                      - sum(r.status == "FAILED" for r in rows))
+    client.log_metric(info.parent_run_id, "failed_jobs", failed)
+    best = rows[0] if rows and rows[0].val_accuracy is not None else None
+    if best is not None:
+        _record_best(client, info, best, report.describe(best, keys), registered)
+    client.set_terminated(info.parent_run_id, "FINISHED" if best else "FAILED")
+    (sweep_dir / SUMMARY_PENDING).unlink(missing_ok=True)
+    pruned = len(client.search_runs(
+        [info.experiment_id], f"tags.`mlflow.parentRunId` = '{info.parent_run_id}' and "
+        f"tags.`{PRUNED_TAG}` = 'true'"))
+    print(f"\nSweep {info.sweep_id}: {sum(r.status == 'FINISHED' for r in rows)} jobs finished"
+          f"{f' ({pruned} pruned by Optuna)' if pruned else ''}, {failed} failed; "
+          f"ranking and plot on MLflow run {info.parent_run_id}")
+    if best is not None:
+        print(f"Best by validation accuracy ({best.val_accuracy:.4f}; test "
+              f"{best.test_accuracy:.4f}): {report.describe(best, keys)}  [{best.run_id}]")
+    return jobs_failed(sweep_dir)
+
+
+def _record_best(client, info: SweepInfo, best, config: str, registered: str | None) -> None:
+    """The best job's scores and config on the parent run; its model crowned if registered."""
+    client.log_metric(info.parent_run_id, "best_final_val_accuracy", best.val_accuracy)
+    if best.test_accuracy is not None:
+        client.log_metric(info.parent_run_id, "best_test_accuracy", best.test_accuracy)
+    client.set_tag(info.parent_run_id, "best_run_id", best.run_id)
+    client.set_tag(info.parent_run_id, "best_config", config)
+    if registered:
+        _crown(client, registered, best)
+
+
+def _crown(client, name: str, best) -> None:
+    """Give the alias `champion` to the registered version of the sweep's best run (a
+    ranking.Row), only if it beats the current champion's validation accuracy on the same
+    dataset; otherwise the alias stays, and the console says why."""
+    from mlflow.exceptions import MlflowException
+
+    versions = client.search_model_versions(f"name = '{name}' and run_id = '{best.run_id}'")
+    if not versions:
+        return
+    try:
+        current = client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:  # no champion yet
+        current = None
+    if current is not None and current.run_id != best.run_id:
+        held = client.get_run(current.run_id).data
+        its_data, our_data = held.params.get("data.name"), best.params.get("data.name")
+        its_score = held.metrics.get("final_val_accuracy")
+        if its_data != our_data:
+            print(f"models:/{name}@{CHAMPION} stays version {current.version}: it was trained "
+                  f"on {its_data}, this sweep on {our_data}, so their scores do not compare")
+            return
+        if its_score is not None and best.val_accuracy <= its_score:
+            print(f"models:/{name}@{CHAMPION} stays version {current.version} (validation "
+                  f"accuracy {its_score:.4f}); this sweep's best reached {best.val_accuracy:.4f}")
+            return
+    client.set_registered_model_alias(name, CHAMPION, versions[0].version)
+    was = f" (was version {current.version})" if current is not None else ""
+    print(f"models:/{name}@{CHAMPION} is now version {versions[0].version}{was}")
+
+
+def _superseded(client, info: SweepInfo) -> set[str]:
+    """In a resumed sweep, the earlier runs of jobs that ran again (same overrides)."""
+    runs = client.search_runs([info.experiment_id],
+                              f"tags.`mlflow.parentRunId` = '{info.parent_run_id}'",
+                              order_by=["attributes.start_time DESC"])
+    seen: set[str | None] = set()
+    older: set[str] = set()
+    for run in runs:  # newest first
+        key = run.data.tags.get("overrides")
+        if key in seen:
+            older.add(run.info.run_id)
+        seen.add(key)
+    return older
