@@ -65,9 +65,8 @@ def test_an_unexpected_error_is_one_line_with_the_traceback_in_the_log(tmp_path)
 
 
 @pytest.fixture(scope="module")
-def digits():
-    (x_train, y_train), (x_test, y_test) = load_idx_folder(
-        __import__("conftest").MINI)
+def digits(mini):
+    (x_train, y_train), (x_test, y_test) = load_idx_folder(mini)
     return x_train[:600], y_train[:600], x_test[:300], y_test[:300]
 
 
@@ -150,12 +149,15 @@ def test_data_that_cannot_teach_anything_is_refused(labels, images, message):
 
 
 def test_the_parameter_estimate_matches_keras():
-    import keras
-
     from mnist_exp.training.model import build_model
 
+    counts = set()
     for overrides in [(), ("model=cnn",), ("model.batch_norm=true",)]:
         config = parse_config(compose_config(*overrides))
         model = build_model(config.model, num_classes=10)
         assert parameter_count(config) == model.count_params(), overrides
-        assert isinstance(model, keras.Model)
+        # the network the config names: raw 28x28 pixels in, one probability per class out
+        assert (model.name, model.input_shape, model.output_shape) == (
+            config.model.name, (None, 28, 28), (None, 10)), overrides
+        counts.add(model.count_params())
+    assert len(counts) == 3  # three different networks, not one estimated three times
