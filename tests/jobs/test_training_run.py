@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import mlflow
 import numpy as np
 import pytest
 
+import mnist_exp
 from helpers import TINY, compose_config
 from mnist_exp.config.schema import parse_config
 from mnist_exp.data.load import load_idx_folder
@@ -99,7 +101,30 @@ def test_datasets_and_tags(run):
     tags = run.data.tags
     assert "trainer.epochs=2" in tags["overrides"]
     assert tags["mnist_exp.version"]
-    assert tags.get("git.dirty") in ("true", "false", None)
+    state = git_state_of_the_package()
+    if state is None:  # not a git checkout: the run claims no commit
+        assert "git.dirty" not in tags and "mlflow.source.git.commit" not in tags
+    else:
+        assert (tags["mlflow.source.git.commit"], tags["git.dirty"]) == state
+
+
+def git_state_of_the_package() -> tuple[str, str] | None:
+    """HEAD and whether tracked files differ from it ("true"/"false", as the tags say it),
+    asked of git in the folder the package is imported from; None outside a checkout (an
+    installed wheel, an unpacked archive) or without git. (Files edited between the run
+    and this test would change the answer: the suite expects a tree nobody edits.)"""
+    def git(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", *args], cwd=Path(mnist_exp.__file__).parent,
+                              capture_output=True, text=True, timeout=30)
+    try:
+        head = git("rev-parse", "HEAD")
+    except FileNotFoundError:
+        return None
+    if head.returncode != 0:
+        return None
+    status = git("status", "--porcelain", "--untracked-files=no")
+    assert status.returncode == 0, status.stderr
+    return head.stdout.strip(), str(bool(status.stdout.strip())).lower()
 
 
 def test_same_seed_same_result_in_process(mini, tmp_path):
