@@ -9,6 +9,7 @@ from pathlib import Path
 
 from mnist_exp.errors import JobsFailed, ServerDown
 from mnist_exp.sweeps.failures import FAILED, jobs_failed
+from mnist_exp.sweeps.study import PRUNED_TAG
 from mnist_exp.tracking.store import SweepInfo
 
 CHAMPION = "champion"
