@@ -238,25 +238,26 @@ def _pipeline_worker(dataset: str, path: str | None, epochs: int) -> dict:
     from mnist_exp.cli.run import CONF_DIR
     from mnist_exp.config.schema import parse_config
     from mnist_exp.data.load import load_dataset
-    from mnist_exp.evaluation.scoring import evaluate
-    from mnist_exp.training.fit import EpochClock, execution_settings, fit, setup_runtime
-    from mnist_exp.training.model import build_model, compile_model
+    from mnist_exp.evaluation.scoring import score
+    from mnist_exp.training.execution import prepare_model
+    from mnist_exp.training.fit import EpochClock, fit
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        overrides = ["experiment=seed_notebook", f"data={dataset}", f"trainer.epochs={epochs}"]
+        # No XLA cache, as before the rows were measured: each round compiles its steps.
+        overrides = ["experiment=seed_notebook", f"data={dataset}", f"trainer.epochs={epochs}",
+                     "trainer.compile_cache=false"]
         config = parse_config(compose("config", overrides=overrides
                                       + ([f"data.path={path}"] if path else [])))
     t = config.trainer
     data = load_dataset(dataset, path, validation_split=config.data.validation_split,
                         seed=t.seed)
-    setup_runtime(t.seed, t.deterministic, t.threads)
-    model = build_model(config.model, num_classes=10, train_images=data.x_train)
-    compile_model(model, config.optimizer, **execution_settings(t))
+    model, plan = prepare_model(config, data)  # exactly what a run trains
     clock = EpochClock()
     start = time.perf_counter()
-    fit(model, data, t, callbacks=[clock], verbose=0)
+    fit(model, data, t, plan, learning_rate=config.optimizer.learning_rate, callbacks=[clock],
+        verbose=0)
     seconds = time.perf_counter() - start
-    test = evaluate(model, data.x_test, data.y_test, data.class_names, t.eval_batch_size)
+    test = score(model, data.x_test, data.y_test, data.class_names, t.eval_batch_size)
     return {"seconds_per_epoch": seconds / epochs, "epoch_seconds": clock.seconds,
             "test_accuracy": test.accuracy, "train_samples": len(data.y_train),
             "settings": {"steps_per_execution": t.steps_per_execution,

@@ -12,8 +12,9 @@ import pytest
 from helpers import compose_config
 from mnist_exp.config.schema import AdamConfig, MLPConfig, parse_config
 from mnist_exp.data.load import load_dataset, load_idx_folder
-from mnist_exp.evaluation.scoring import evaluate
-from mnist_exp.training.fit import _looped, execution_settings, fit, setup_runtime
+from mnist_exp.evaluation.scoring import score
+from mnist_exp.training.execution import execution_plan, prepare_model
+from mnist_exp.training.fit import _looped, fit
 from mnist_exp.training.interrupts import DeferredInterrupts
 from mnist_exp.training.model import build_model, compile_model
 
@@ -62,11 +63,9 @@ def _train(mini, *overrides, callbacks=(), backup_dir=None):
     t = config.trainer
     data = load_dataset("mnist", str(mini), validation_split=0.2, seed=t.seed,
                         max_train_samples=3010)
-    setup_runtime(t.seed)
-    model = build_model(config.model, num_classes=10, train_images=data.x_train)
-    compile_model(model, config.optimizer, label_smoothing=t.label_smoothing,
-                  **execution_settings(t))
-    history = fit(model, data, t, callbacks=callbacks, verbose=0, backup_dir=backup_dir)
+    model, plan = prepare_model(config, data)
+    history = fit(model, data, t, plan, learning_rate=config.optimizer.learning_rate,
+                  callbacks=callbacks, verbose=0, backup_dir=backup_dir)
     return history, model, data
 
 
@@ -98,7 +97,7 @@ def test_a_resumed_fit_ends_with_the_weights_of_an_uninterrupted_one(mini, tmp_p
 
 
 def _test_accuracy(model, data):
-    return evaluate(model, data.x_test, data.y_test, data.class_names).accuracy
+    return score(model, data.x_test, data.y_test, data.class_names).accuracy
 
 
 def test_fast_path_trains_exactly_like_the_plain_path(mini):
@@ -150,20 +149,19 @@ def test_cnn_trains_with_a_cosine_schedule(mini):
         "trainer.lr_schedule.name=cosine", "trainer.lr_schedule.min_lr=0.0001"))
     t = config.trainer
     data = load_dataset("mnist", str(mini), seed=t.seed, max_train_samples=600)
-    setup_runtime(t.seed)
-    model = build_model(config.model, num_classes=10, train_images=data.x_train)
+    model, plan = prepare_model(config, data)
     assert [layer.__class__.__name__ for layer in model.layers].count("Conv2D") == 2
-    compile_model(model, config.optimizer, **execution_settings(t))
-    history = fit(model, data, t, verbose=0)
+    history = fit(model, data, t, plan, learning_rate=config.optimizer.learning_rate, verbose=0)
     assert history["learning_rate"] == pytest.approx([0.001, 0.00055, 0.0001], rel=1e-4)
     assert history["val_accuracy"][-1] > 0.6
 
 
 def test_convolutional_models_skip_xla_on_a_cpu():
     config = parse_config(compose_config("model=cnn"))
-    assert execution_settings(config.trainer, convolutional=True) == {
+    assert execution_plan(config.trainer, convolutional=True).compile_arguments == {
         "jit_compile": False, "steps_per_execution": 64}  # Keras' own loop, oneDNN convs
-    assert execution_settings(config.trainer) == {"jit_compile": True, "steps_per_execution": 1}
+    assert execution_plan(config.trainer).compile_arguments == {
+        "jit_compile": True, "steps_per_execution": 1}
 
 
 class _SignalAtSecondEpoch(keras.callbacks.Callback):

@@ -10,8 +10,8 @@ from helpers import compose_config
 from mnist_exp.config.schema import parse_config
 from mnist_exp.data.load import load_dataset
 from mnist_exp.training import kept_models
-from mnist_exp.training.fit import execution_settings, fit, setup_runtime
-from mnist_exp.training.model import build_model, compile_model
+from mnist_exp.training.execution import prepare_model
+from mnist_exp.training.fit import fit
 
 # Dropout (random-seed state), a schedule (it moves the learning-rate variable) and the
 # resident path (steps traced once per model).
@@ -23,11 +23,8 @@ def _job(mini, *overrides: str):
     config = parse_config(compose_config(f"data.path={mini}", *_SHARED, *overrides))
     t = config.trainer
     data = load_dataset("mnist", str(mini), seed=t.seed, max_train_samples=900)
-    setup_runtime(t.seed)
-    model = build_model(config.model, num_classes=10, train_images=data.x_train)
-    compile_model(model, config.optimizer, label_smoothing=t.label_smoothing,
-                  **execution_settings(t))
-    return model, data, t
+    model, plan = prepare_model(config, data)
+    return model, data, t, plan, config.optimizer.learning_rate
 
 
 class _Traces:
@@ -53,22 +50,22 @@ def nothing_kept():
 def test_a_kept_model_trains_exactly_as_a_fresh_one(mini, nothing_kept):
     """Job 2 (its own seed, split, learning rate) on the model job 1 left: the same losses,
     learning rates and weights as job 2 on a fresh model, and nothing traced again."""
-    first, data, t = _job(mini, "trainer.seed=1", "optimizer.learning_rate=0.001")
-    first = kept_models.adopt(first)
+    first, data, t, plan, rate = _job(mini, "trainer.seed=1", "optimizer.learning_rate=0.001")
+    first = kept_models.adopt(first, plan)
     traces = _Traces(first)
-    fit(first, data, t, verbose=0)
+    fit(first, data, t, plan, learning_rate=rate, verbose=0)
     assert traces.count >= 1
 
-    second, data, t = _job(mini, "trainer.seed=2", "optimizer.learning_rate=0.003")
-    kept = kept_models.adopt(second)
+    second, data, t, plan, rate = _job(mini, "trainer.seed=2", "optimizer.learning_rate=0.003")
+    kept = kept_models.adopt(second, plan)
     assert kept is first
-    history = fit(kept, data, t, verbose=0)
+    history = fit(kept, data, t, plan, learning_rate=rate, verbose=0)
     traced_before = traces.count
 
     kept_models.forget()
-    fresh, data, t = _job(mini, "trainer.seed=2", "optimizer.learning_rate=0.003")
-    assert kept_models.adopt(fresh) is fresh
-    expected = fit(fresh, data, t, verbose=0)
+    fresh, data, t, plan, rate = _job(mini, "trainer.seed=2", "optimizer.learning_rate=0.003")
+    assert kept_models.adopt(fresh, plan) is fresh
+    expected = fit(fresh, data, t, plan, learning_rate=rate, verbose=0)
 
     assert traces.count == traced_before  # job 2 ran job 1's traced steps
     assert history["learning_rate"] == pytest.approx([0.003, 0.0001], rel=1e-5)
@@ -80,7 +77,7 @@ def test_a_kept_model_trains_exactly_as_a_fresh_one(mini, nothing_kept):
 
 
 def _key(mini, *overrides: str) -> str:
-    model, _, _ = _job(mini, *overrides)
+    model, *_ = _job(mini, *overrides)
     return kept_models.program_key(model)
 
 

@@ -62,8 +62,14 @@ def use(folder: Path | None) -> Path | None:
     return folder
 
 
+def in_use() -> Path | None:
+    """The folder XLA was pointed at (by `use`, or TF_XLA_FLAGS), if any."""
+    found = re.search(rf"{_FLAG}=(\S+)", os.environ.get("TF_XLA_FLAGS", ""))
+    return Path(found.group(1)) if found else None
+
+
 def clear(folder: Path) -> None:
-    """Empty the cache (a damaged entry makes XLA's compiled step fail; see train.py)."""
+    """Empty the cache (a damaged entry makes XLA's compiled step fail; see fit.py)."""
     shutil.rmtree(folder, ignore_errors=True)
 
 

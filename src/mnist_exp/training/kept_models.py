@@ -17,20 +17,24 @@ from __future__ import annotations
 
 import json
 from collections import OrderedDict
+from typing import TYPE_CHECKING
 
 import keras
+
+if TYPE_CHECKING:
+    from mnist_exp.training.execution import ExecutionPlan
 
 KEEP = 4  # programs kept per process: a grid over two or three settings alternates them
 
 _kept: OrderedDict[str, keras.Model] = OrderedDict()
 
 
-def adopt(fresh: keras.Model, fed: tuple = ()) -> keras.Model:
+def adopt(fresh: keras.Model, plan: ExecutionPlan) -> keras.Model:
     """The kept model of fresh's program, holding fresh's state; else fresh, kept for the
-    next job. `fresh` must be compiled, with nothing trained yet. `fed`: the batch sizes and
-    set shapes it will be fed, also part of the traced steps (resident.py keeps one set of
+    next job. `fresh` must be compiled, with nothing trained yet. The batch sizes and set
+    shapes the plan's steps are traced for are part of the key (resident.py keeps one set of
     steps per model, so a sweep over batch sizes keeps a model per size)."""
-    key = program_key(fresh) + repr(fed)
+    key = program_key(fresh) + repr(plan.traced_for)
     kept = _kept.pop(key, None)
     if kept is None:
         kept = fresh
