@@ -26,15 +26,19 @@ from pathlib import Path
 
 from mnist_exp.config.schema import Config, to_dict
 
+# The folder keeps its name from when this state was called a checkpoint: a run interrupted
+# before the rename still resumes. ("Checkpoints" are now the models a run logs every
+# tracking.checkpoint_every epochs: tracking/callbacks.py.)
 ROOT = Path("outputs") / "checkpoints"
 log = logging.getLogger(__name__)
 
 
-class Checkpoint:
-    """One run's claim on a checkpoint folder, held (locked) until release()."""
+class ResumeState:
+    """One run's claim on a resume-state folder, held (locked) until release()."""
 
     def __init__(self, folder: Path, lock: int) -> None:
         self.folder = folder
+        self.resuming = False  # run_to_resume found a run to continue
         self._lock = lock
 
     @property
@@ -51,6 +55,7 @@ class Checkpoint:
         run_id = self.interrupted_run()
         if run_id and resume:
             log.info("Resuming run %s from %s", run_id, self.folder)
+            self.resuming = True
             return run_id
         if run_id:
             log.warning("Discarding the saved state of interrupted run %s of this config "
@@ -61,8 +66,10 @@ class Checkpoint:
         self._clear()
         return None
 
-    def claim(self, run_id: str) -> None:
-        (self.folder / "run_id").write_text(run_id)
+    def claim(self, run_id: str | None) -> None:
+        """Mark the folder as `run_id`'s (None: a run recorded offline, not resumable)."""
+        if run_id is not None:
+            (self.folder / "run_id").write_text(run_id)
 
     def release(self) -> None:
         """The run finished: its state is no longer needed, nor its folder."""
@@ -70,7 +77,7 @@ class Checkpoint:
         with contextlib.suppress(OSError):
             self.folder.rmdir()
 
-    def __enter__(self) -> Checkpoint:
+    def __enter__(self) -> ResumeState:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -86,8 +93,8 @@ class Checkpoint:
                 entry.unlink(missing_ok=True)
 
 
-def checkpoint_for(config: Config, launch_dir: Path, resume: bool = False) -> Checkpoint:
-    """Claim this config's checkpoint folder: with `resume`, a free one holding an
+def resume_state_for(config: Config, launch_dir: Path, resume: bool = False) -> ResumeState:
+    """Claim this config's resume-state folder: with `resume`, a free one holding an
     interrupted run if there is one; else the first free slot."""
     values = to_dict(config)
     values["trainer"].pop("resume")
@@ -97,12 +104,12 @@ def checkpoint_for(config: Config, launch_dir: Path, resume: bool = False) -> Ch
         for folder in _saved(base):
             if (lock := _try_lock(folder)) is not None:
                 if _interrupted_run(folder):  # not taken and finished in between
-                    return Checkpoint(folder, lock)
+                    return ResumeState(folder, lock)
                 os.close(lock)
     for n in itertools.count():
         folder = base if n == 0 else base.with_name(f"{base.name}-{n}")
         if (lock := _try_lock(folder)) is not None:
-            return Checkpoint(folder, lock)
+            return ResumeState(folder, lock)
     raise AssertionError("unreachable")
 
 
