@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import keras
 import mlflow
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from helpers import TINY, compose_config
 from mnist_exp.config.schema import parse_config
 from mnist_exp.data.load import load_idx_folder
 from mnist_exp.jobs.training import RunContext, run_experiment
+from mnist_exp.training.model import build_optimizer
 
 
 def test_default_store_is_mlflow_db_with_artifacts_in_mlruns(tiny_run, client):
@@ -154,12 +156,35 @@ def test_adamw_trains_and_is_recorded_with_its_weight_decay(mini, tmp_path):
     run = mlflow.MlflowClient(uri).get_run(result.run_id)
     params = run.data.params
     assert (params["optimizer.name"], params["optimizer.weight_decay"]) == ("adamw", "0.01")
-    assert params["optimizer_name"] == "adam_w"  # Keras' own record of the optimizer it built
-    assert float(params["optimizer_weight_decay"]) == pytest.approx(0.01)
+    built = build_optimizer(config.optimizer)  # what the run trained with
+    assert type(built) is keras.optimizers.AdamW
+    assert built.weight_decay == pytest.approx(0.01)
+    assert not [key for key in params if key.startswith("optimizer_")]  # no echo of Keras'
     losses = [m.value for m in mlflow.MlflowClient(uri).get_metric_history(result.run_id,
                                                                            "loss")]
     assert len(losses) == 2 and losses[1] < losses[0]
     assert result.test_accuracy > 0.6
+
+
+def test_the_schedule_starts_at_the_configured_rate_and_each_param_is_logged_once(
+        mini, tmp_path):
+    """The cosine schedule starts from optimizer.learning_rate as configured (not as read
+    back from Keras), and the run records each setting under one name only."""
+    uri = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    config = parse_config(compose_config(
+        f"data.path={mini}", *TINY, "optimizer.learning_rate=0.003",
+        "trainer.lr_schedule.name=cosine", "trainer.lr_schedule.min_lr=0.0001",
+        "tracking.log_model=false", f"tracking.uri={uri}"))
+    result = run_experiment(config, RunContext(launch_dir=tmp_path, progress_bar=False))
+    client = mlflow.MlflowClient(uri)
+    rates = [m.value for m in client.get_metric_history(result.run_id, "learning_rate")]
+    assert rates == pytest.approx([0.003, 0.0001], rel=1e-5)
+    params = client.get_run(result.run_id).data.params
+    assert float(params["optimizer.learning_rate"]) == pytest.approx(rates[0], rel=1e-6)
+    plain = {}
+    for key, value in params.items():
+        plain.setdefault((key.replace("optimizer_", "optimizer."), value), []).append(key)
+    assert [keys for keys in plain.values() if len(keys) > 1] == []
 
 
 def test_a_run_that_raises_is_marked_failed_with_the_error(tmp_path):

@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 SWEEP_TAG = "mnist_exp.sweep"  # "parent" on a sweep's own run
 VALIDATION = "final_val_accuracy"
 TEST = "test_accuracy"
-_NOT_A_DIFFERENCE = ("tracking.", "optimizer_")  # bookkeeping, and Keras' own echo of params
+_NOT_A_DIFFERENCE = ("tracking.",)  # bookkeeping
 TOP = 20  # runs shown one by one in tables and plots; the rest as a distribution
 
 
