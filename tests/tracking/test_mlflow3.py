@@ -92,14 +92,14 @@ def test_evaluating_on_another_dataset_says_what_it_measured(tiny_run, run, mode
                                                             tmp_path, caplog):
     """A digit model scored on data named fashion_mnist (here the digits themselves, the
     only images in the checkout): a warning, and the data's own class names."""
-    from mnist_exp.jobs.evaluation import evaluate_model
+    from mnist_exp.jobs.evaluation import run_evaluation
 
     shutil.copy(tiny_run.workdir / 'mlflow.db', tmp_path / "mlflow.db")
     config = EvaluationConfig.model_validate({
         "model_uri": model.model_id,
         "tracking": {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "system_metrics": False},
         "data": {"name": "fashion_mnist", "path": str(mini), "max_test_samples": 100}})
-    result = evaluate_model(config)
+    result = run_evaluation(config)
     assert "trained on mnist_sample; measuring it on fashion_mnist" in caplog.text
     assert result.class_names[0] == "T-shirt/top" and result.test_images == 100
     assert result.model_id == model.model_id

@@ -34,8 +34,8 @@ def evaluation(cfg: DictConfig) -> float:
         config = parse_config(cfg, EvaluationConfig)
         start = time.perf_counter()
         with quiet_native_startup(verbose=bool(hydra_cfg.verbose)):
-            from mnist_exp.jobs.evaluation import evaluate_model  # heavy: TF and MLflow
-        result = evaluate_model(config, overrides=tuple(hydra_cfg.overrides.task),
+            from mnist_exp.jobs.evaluation import run_evaluation  # heavy: TF and MLflow
+        result = run_evaluation(config, overrides=tuple(hydra_cfg.overrides.task),
                                 launch_dir=Path(hydra_cfg.runtime.cwd),
                                 log_file=output_dir / f"{hydra_cfg.job.name}.log")
     except Exception as e:

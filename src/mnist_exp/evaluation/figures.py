@@ -108,3 +108,9 @@ def test_figures(test: Evaluation, images: np.ndarray,
         "sample_predictions.png": plot_predictions(
             images[picked], test.labels[picked], test.probabilities[picked], class_names),
     }
+
+
+def run_figures(history: dict[str, list[float]], test: Evaluation,
+                images: np.ndarray, class_names: tuple[str, ...]) -> dict[str, Figure]:
+    """A training run's figures: its learning curves and its test figures, by artifact name."""
+    return {"curves.png": plot_curves(history), **test_figures(test, images, class_names)}

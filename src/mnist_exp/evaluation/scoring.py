@@ -9,6 +9,8 @@ import keras
 import numpy as np
 from sklearn.metrics import classification_report, confusion_matrix
 
+from mnist_exp.data.load import Dataset
+
 
 @dataclass(frozen=True)
 class Evaluation:
@@ -41,7 +43,7 @@ def predict_probabilities(model: keras.Model, images: np.ndarray,
                            for i in range(0, len(images), batch_size)])
 
 
-def evaluate(
+def score(
     model: keras.Model, images: np.ndarray, labels: np.ndarray, class_names: tuple[str, ...],
     batch_size: int = 1024,
 ) -> Evaluation:
@@ -66,3 +68,12 @@ def evaluate(
         report=report,
         report_text=text,
     )
+
+
+def score_held_out(model: keras.Model, data: Dataset,
+                   batch_size: int = 1024) -> tuple[Evaluation, Evaluation]:
+    """The trained model's validation and test scores. The validation score (with early
+    stopping, the best epoch's, not the last's) is what sweeps optimise; the test set is
+    touched once, after it."""
+    val = score(model, data.x_val, data.y_val, data.class_names, batch_size)
+    return val, score(model, data.x_test, data.y_test, data.class_names, batch_size)

@@ -20,8 +20,8 @@ from mnist_exp.config.schema import Config, EvaluationConfig, parse_config
 from mnist_exp.data.load import load_dataset
 from mnist_exp.errors import ConfigError, NotUploaded, first_line
 from mnist_exp.evaluation import figures
-from mnist_exp.evaluation.scoring import evaluate
-from mnist_exp.tracking import runs
+from mnist_exp.evaluation.scoring import score
+from mnist_exp.tracking import logs, runs
 from mnist_exp.tracking.record import RECORD_DIR, records_folder
 from mnist_exp.tracking.store import (
     check_reachable,
@@ -50,7 +50,7 @@ class EvaluationResult:
     record: Path | None = None  # where the run is kept, while not uploaded
 
 
-def evaluate_model(config: EvaluationConfig, overrides: tuple[str, ...] = (),
+def run_evaluation(config: EvaluationConfig, overrides: tuple[str, ...] = (),
                    launch_dir: Path | None = None,
                    log_file: Path | None = None) -> EvaluationResult:
     """Load the model, draw the test set, score it, record an evaluation run (tag
@@ -75,22 +75,21 @@ def evaluate_model(config: EvaluationConfig, overrides: tuple[str, ...] = (),
                     trained.data.name, data.name, ", ".join(data.class_names))
     experiment_id = prepare_experiment(uri, config.tracking.experiment_name or data.name)
     tags = runs.run_tags(overrides, config.tracking, kind="evaluation",
-                             module="mnist_exp.evaluate")
+                         module="mnist_exp.evaluate")
     tags |= {"mnist_exp.model_uri": model_uri, "mnist_exp.model_id": info.model_id or "",
              "mnist_exp.trained_run_id": info.run_id or ""}
     run_name = config.tracking.run_name or f"evaluate {config.model_uri} on {data.name}"[:250]
     record_dir = (log_file.parent if log_file else records_folder(launch_dir or Path.cwd()))
     with runs.tracked_run(uri, experiment_id, run_name, tags, record_dir / RECORD_DIR,
-                              config.tracking) as tracker:
-        splits = runs.datasets(data, ("test",))
-        runs.log_datasets(tracker, splits)
-        runs.log_params(tracker, {"model_uri": model_uri, "seed": seed,
-                                      "data": d.model_dump()})
-        test = evaluate(model, data.x_test, data.y_test, data.class_names,
-                        trained.trainer.eval_batch_size if trained else 1024)
+                          config.tracking) as tracker:
+        splits = logs.datasets(data, ("test",))
+        logs.log_datasets(tracker, splits)
+        logs.log_params(tracker, {"model_uri": model_uri, "seed": seed, "data": d.model_dump()})
+        test = score(model, data.x_test, data.y_test, data.class_names,
+                     trained.trainer.eval_batch_size if trained else 1024)
         pictures = figures.test_figures(test, data.x_test, data.class_names)
-        runs.log_evaluation(tracker, test, pictures, splits, info.model_id)
-        runs.log_files(tracker, log_file)
+        logs.log_evaluation(tracker, test, pictures, splits, info.model_id)
+        logs.log_files(tracker, log_file)
     if not tracker.uploaded and not config.tracking.offline:
         raise NotUploaded(tracker.record.folder, uri)
     return EvaluationResult(tracker.run_id, run_name, experiment_id, redact(uri), model_uri,
