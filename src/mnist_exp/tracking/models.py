@@ -44,7 +44,7 @@ def log_model(tracker: Tracker, model: keras.Model, example: np.ndarray,
 
 def warm_up_model_logging() -> None:
     """MLflow's save_model checks the model's pinned requirements against the installed
-    packages, scanning every installed distribution first (0.64 s here, once a process).
+    packages, scanning every installed distribution first (once a process).
     Called from a thread while TensorFlow's compiled epochs leave the interpreter idle, it
     costs the run nothing; on any error save_model simply does the scan itself."""
     with suppress(Exception):  # a private helper: may move in a later MLflow

@@ -46,7 +46,7 @@ class Experiment:
 def open_experiment(settings: TrackingConfig, launch_dir: Path,
                     sweep: SweepInfo | None = None) -> Future[Experiment]:
     """Check the store now and open (or create) the run's experiment in a thread, so that
-    its cost (~0.6 s, more when it is created) overlaps whatever the caller does next. A
+    its cost (more when it is created) overlaps whatever the caller does next. A
     sweep's job joins the experiment its sweep made; an offline run leaves it to sync."""
     uri = resolve_tracking_uri(settings.uri, launch_dir)
     pool = ThreadPoolExecutor(max_workers=1)

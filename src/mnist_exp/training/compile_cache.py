@@ -4,9 +4,8 @@ again, by every later run and sweep job on the machine (trainer.compile_cache).
 TensorFlow keys each entry by the compiled function's name, its argument shapes and a
 fingerprint of its XLA program, so a changed model, batch size or optimizer never loads
 a stale entry; it writes each entry to a temporary file and renames it, so runs that
-share the folder never read a half-written one. Measured on full Fashion-MNIST, 2 cores:
-the first epoch and the first validation of a tracked run took 3.4 s and 1.9 s
-compiling, 1.7 s and 0.5 s loading.
+share the folder never read a half-written one. Loading an entry costs a fraction of
+compiling it (the README's Speed section has the measurements).
 
 TensorFlow reads TF_XLA_FLAGS once, at a process's first XLA compilation: the first run
 in a process picks the folder for all of its runs. Other XLA flags there are kept.

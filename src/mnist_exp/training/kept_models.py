@@ -1,13 +1,13 @@
 """Jobs in one process train one kept model per compiled program (trainer.reuse_model).
 
 TensorFlow names every traced function with a process-wide counter, and XLA's persistent
-cache keys on that name, so a fresh model in each of a sweep's jobs traces and compiles
-the same steps again: ~1.5 s a job with the cache warm, ~6 s cold (2 cores). Jobs that
-share a process (Hydra's basic launcher, an Optuna study's trials, a joblib worker's
-later jobs) and whose models differ only in their values take the model kept from an
-earlier job instead, with the fresh model's whole state copied in: weights, random-seed
-states, and the optimizer's step, learning rate and moments. The job then trains exactly
-as the fresh model would have (test_kept_models.py), on steps already traced.
+cache keys on that name, so a fresh model in each of a sweep's jobs traces the same steps
+again and, their names being new, compiles them again too. Jobs that share a process
+(Hydra's basic launcher, an Optuna study's trials, a joblib worker's later jobs) and whose
+models differ only in their values take the model kept from an earlier job instead, with
+the fresh model's whole state copied in: weights, random-seed states, and the optimizer's
+step, learning rate and moments. The job then trains exactly as the fresh model would have
+(test_kept_models.py), on steps already traced.
 
 What Keras bakes into the traced program is the key: the layers' configs, the loss, the
 metrics and the optimizer's settings, all but its learning rate, which is a variable.

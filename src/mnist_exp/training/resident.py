@@ -132,8 +132,8 @@ def whole_set(test_step: Callable, x: tf.Variable, y: tf.Variable,
               batch_size: int) -> Callable:
     """A test_step for OneCall: Keras' own step over every batch of the resident validation
     set, in order, in one compiled loop (from the host, Keras would copy and call once per
-    batch: ~30% of a steady epoch on Fashion-MNIST, 2 cores). The metrics are the same
-    size-weighted means, summed in another order."""
+    batch, a large share of a steady epoch). The metrics are the same size-weighted means,
+    summed in another order."""
 
     def evaluate_all(_: tf.Tensor | tuple) -> dict:
         return _every_batch(test_step, x, y, batch_size,
