@@ -42,7 +42,7 @@ def test_a_diverging_trial_is_recorded_failed_and_the_search_goes_on(mini, tmp_p
     result = run_module("mnist_exp.run", *SEARCH, f"data.path={mini}", *ONE_EPOCH,
                         "optimizer=sgd", "optimizer.learning_rate=choice(1e12,0.01)",
                         "hydra.sweeper.n_trials=4", "hydra.sweep.dir=sweep", cwd=tmp_path)
-    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
     study = study_of(tmp_path)
     assert len(study.trials) == 4 and "COMPLETE" in states(study)
     failed = [t for t in study.trials if t.state.name == "FAIL"]
@@ -60,7 +60,7 @@ def test_a_diverging_trial_is_recorded_failed_and_the_search_goes_on(mini, tmp_p
 def test_a_sampled_value_the_schema_refuses_fails_its_trial_with_the_reason(tmp_path):
     result = run_module("mnist_exp.run", *SEARCH, "model.dropout=choice(1.5,2.5)",
                         "hydra.sweeper.n_trials=2", "hydra.sweep.dir=sweep", cwd=tmp_path)
-    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
     assert states(study_of(tmp_path)) == ["FAIL", "FAIL"]
     _, [parent], children = sweep_runs(f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert [r.info.status for r in children] == ["FAILED", "FAILED"]
@@ -108,7 +108,7 @@ def test_a_resumed_grid_sweep_skips_finished_jobs_and_reruns_failed_ones(mini, t
     later = tmp_path / "later"  # data that appears only after the first try
     command = ("-m", f"data.path={mini},{later}", *ONE_EPOCH, "hydra.sweep.dir=sweep")
     first = run_module("mnist_exp.run", *command, cwd=tmp_path)
-    assert first.returncode == 1 and "1 job(s) failed" in first.stderr
+    assert first.returncode == 2 and "1 job(s) failed" in first.stderr  # a mistake: exit 2
     shutil.copytree(mini, later)
     again = run_module("mnist_exp.run", *command, "hydra.callbacks.mlflow_sweep.resume=true",
                        cwd=tmp_path)
