@@ -1,0 +1,95 @@
+"""The live side of a run's tracking: each event goes to the run's record and, while the
+server answers, straight on to it (replay.py); when it stops answering, training goes on
+with one warning, a cheap probe watches for its return, and what was held back is uploaded
+then."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from mnist_exp.errors import ServerDown, UserError
+from mnist_exp.tracking.record import RunRecord
+from mnist_exp.tracking.replay import Uploader
+from mnist_exp.tracking.store import check_reachable, redact
+
+log = logging.getLogger("mnist_exp.tracking.upload")  # the name its lines had before the split
+
+
+class Tracker:
+    """A run's recorder: each event goes to the record, then to the server while it
+    answers (see the module's docstring). `offline` records only."""
+
+    def __init__(self, record: RunRecord, uri: str, offline: bool = False,
+                 probe_every_s: float = 5.0) -> None:
+        self.record = record
+        self.uri = uri
+        self.offline = offline
+        self.uploader = Uploader(record, uri)
+        self.probe_every_s = probe_every_s
+        self._next_probe: float | None = None  # set while the server is away
+        self.uploaded = False  # set by tracking.tracked_run at the run's end
+
+    @property
+    def run_id(self) -> str | None:
+        return self.uploader.run_id
+
+    def emit(self, op: str, **fields: Any) -> None:
+        self.record.append(op, **fields)
+        if not self.offline:
+            self._upload()
+
+    def keep_file(self, source: Path, artifact_path: str | None = None) -> None:
+        self.emit("artifact", file=self.record.keep(source, artifact_path),
+                  artifact_path=artifact_path)
+
+    def written(self, artifact_file: str) -> Path:
+        """A path to write an artifact to; `done_writing` records it."""
+        return self.record.file_for(artifact_file)
+
+    def done_writing(self, artifact_file: str) -> None:
+        parent = os.path.dirname(artifact_file) or None
+        self.emit("artifact", file=f"files/{artifact_file}", artifact_path=parent)
+
+    def _upload(self) -> None:
+        if self._next_probe is not None:
+            if time.monotonic() < self._next_probe:
+                return
+            if not self.answers():
+                self._next_probe = time.monotonic() + self.probe_every_s
+                return
+            log.warning("tracking server %s answers again: uploading the %d events held back",
+                        redact(self.uri), self.record.pending)
+            self._next_probe = None
+        try:
+            self.uploader.upload()
+        except ServerDown as e:
+            self._next_probe = time.monotonic() + self.probe_every_s
+            # System metrics are sampled in MLflow's own thread; their failures would
+            # warn every interval.
+            logging.getLogger("mlflow.system_metrics").setLevel(logging.ERROR)
+            log.warning("tracking server %s not answering (%s); the run goes on and is "
+                        "recorded in %s", redact(self.uri), e, self.record.folder)
+
+    def answers(self) -> bool:
+        try:
+            check_reachable(self.uri, timeout=2.0)
+        except UserError:
+            return False
+        return True
+
+    def finish(self, timeout_s: float) -> bool:
+        """Wait up to `timeout_s` for the server to take what is pending; whether it did."""
+        if self.offline:
+            return not self.record.pending
+        deadline = time.monotonic() + timeout_s
+        while self.record.pending:
+            self._next_probe = min(self._next_probe or 0.0, time.monotonic())
+            self._upload()
+            if not self.record.pending or time.monotonic() >= deadline:
+                break
+            time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+        return not self.record.pending
