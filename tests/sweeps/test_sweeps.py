@@ -1,4 +1,5 @@
-"""Sweeps: grid sweeps in parallel processes, Optuna search, submitit, a tracking server."""
+"""Sweeps: grid sweeps in parallel processes, submitit, a tracking server, the report
+(Optuna searches: test_optuna_sweeps.py)."""
 
 from __future__ import annotations
 
@@ -37,19 +38,6 @@ def test_parallel_grid_sweep_loses_no_run(mini, tmp_path, rates, n_jobs):
     assert parent.data.tags["best_run_id"] == best.info.run_id  # chosen on validation
     assert parent.data.metrics["jobs"] == jobs
     assert "Best by validation accuracy" in result.stdout and best.info.run_id in result.stdout
-
-
-@pytest.mark.slow
-def test_optuna_search_runs_its_trials_and_reports_the_best(mini, tmp_path):
-    result = run_module("mnist_exp.run", "-m", "hparams_search=optuna", f"data.path={mini}",
-                        *ONE_EPOCH, "hydra.sweeper.n_trials=6", "hydra.sweep.dir=sweep",
-                        cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    _, [parent], children = sweep_runs(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    assert len(children) == 6 and {r.info.status for r in children} == {"FINISHED"}
-    assert len({r.data.params["optimizer.learning_rate"] for r in children}) == 6
-    assert (tmp_path / "sweep" / "optimization_results.yaml").is_file()  # Optuna's best
-    assert "best_config" in parent.data.tags
 
 
 @pytest.mark.slow
@@ -93,8 +81,9 @@ def test_parallel_sweep_against_a_tracking_server(mini, tmp_path, mlflow_server)
 
 
 def test_report_ranks_a_sweep_from_the_store(mini, tmp_path):
-    run_module("mnist_exp.run", "-m", f"data.path={mini}", *ONE_EPOCH,
-               "optimizer.learning_rate=1e-3,1e-4", "hydra.sweep.dir=sweep", cwd=tmp_path)
+    swept = run_module("mnist_exp.run", "-m", f"data.path={mini}", *ONE_EPOCH,
+                       "optimizer.learning_rate=1e-3,1e-4", "hydra.sweep.dir=sweep", cwd=tmp_path)
+    assert swept.returncode == 0, swept.stderr[-3000:]
     _, [parent], _ = sweep_runs(f"sqlite:///{tmp_path / 'mlflow.db'}")
     result = run_module("mnist_exp.report", "--sweep", parent.info.run_id, "--out", "report",
                         "--group-by", "optimizer.learning_rate", cwd=tmp_path)
