@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 
 import service_slurm
+from service_db import check_schema
 from service_procs import (
     NotInstalled,
     ServiceError,
@@ -192,13 +193,16 @@ def check_backends(postgres: dict, s3: dict, database: str, bucket: str) -> None
                            "it first") from None
 
 
-def mlflow_up(folder: Path, database: str = DATABASE, bucket: str = BUCKET) -> dict:
+def mlflow_up(folder: Path, database: str = DATABASE, bucket: str = BUCKET,
+              upgrade_db: bool = False) -> dict:
     postgres, s3 = _need("postgres", folder), _need("s3", folder)
     check_backends(postgres, s3, database, bucket)
+    uri = f"postgresql+psycopg2://{postgres['server']}/{database}"
+    if note := check_schema(uri, upgrade_db):  # an older MLflow's database (service_db.py)
+        print(note, file=sys.stderr)
     port, log = free_port(), folder / "mlflow.log"
     process = spawn([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1",
-                     "--port", str(port), "--workers", "1", "--backend-store-uri",
-                     f"postgresql+psycopg2://{postgres['server']}/{database}",
+                     "--port", str(port), "--workers", "1", "--backend-store-uri", uri,
                      "--artifacts-destination", f"s3://{bucket}/mlflow"], log,
                     env={**mlflow_env(s3), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
                          "MLFLOW_DISABLE_TELEMETRY": "true",
@@ -223,13 +227,14 @@ DOWN = {"postgres": postgres_down, "s3": s3_down, "mlflow": mlflow_down,
         "slurm": service_slurm.down}
 
 
-def up(name: str, folder: Path) -> dict:
-    """Start service `name` in `folder` (made if needed) and record it; one at a time."""
+def up(name: str, folder: Path, upgrade_db: bool = False) -> dict:
+    """Start service `name` in `folder` (made if needed) and record it; one at a time.
+    upgrade_db: let mlflow migrate a database an older MLflow made (else it is an error)."""
     folder = Path(folder).resolve()
     folder.mkdir(parents=True, exist_ok=True)
     if state(name, folder) is not None:
         raise ServiceError(f"{name} is already up in {folder}; `down {name}` first")
-    recorded = UP[name](folder)
+    recorded = mlflow_up(folder, upgrade_db=upgrade_db) if name == "mlflow" else UP[name](folder)
     (folder / f"{name}.json").write_text(json.dumps(recorded))
     (folder / f"{name}.json").chmod(0o600)  # it holds passwords
     return recorded
@@ -259,6 +264,8 @@ def main() -> None:
     parser.add_argument("action", choices=["up", "down", "env"])
     parser.add_argument("service", nargs="?", choices=[*ORDER, "all"], default="all")
     parser.add_argument("folder", type=Path)
+    parser.add_argument("--upgrade-db", action="store_true", help="up mlflow: run `mlflow db "
+                        "upgrade` on a database an older MLflow made, instead of refusing it")
     args = parser.parse_args()
     names = ORDER if args.service == "all" else (args.service,)
     try:
@@ -266,7 +273,7 @@ def main() -> None:
             started = []
             try:
                 for name in names:
-                    recorded = up(name, args.folder)
+                    recorded = up(name, args.folder, args.upgrade_db)
                     started.append(name)
                     print(f"{name} up (pid {recorded['pid']})", file=sys.stderr)
             except BaseException:  # all or nothing: stop what this command started
