@@ -49,17 +49,40 @@ def _log_figures(study: Any, sweep_dir: Path) -> None:
         return
     client = mlflow.MlflowClient(info.tracking_uri)
     logging.getLogger("matplotlib.category").setLevel(logging.WARNING)  # string-valued choices
-    for name, draw in [("optuna_history.png", views.plot_optimization_history),
+    for name, draw in [("optuna_history.png", plot_history),
                        ("optuna_importances.png", views.plot_param_importances),
                        ("optuna_parallel_coordinates.png", views.plot_parallel_coordinate),
                        ("optuna_slices.png", views.plot_slice)]:
         try:
-            with warnings.catch_warnings():  # "experimental", flat axes of one-valued params
-                warnings.simplefilter("ignore")
+            # Optuna sets its ggplot style for the whole process: keep it to its own pictures
+            # (the sweep's comparison plot is drawn after these, in the same process).
+            with matplotlib.rc_context(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "experimental", flat axes of one-valued params
                 axes = draw(study)
-            figure = (axes.flat[0] if hasattr(axes, "flat") else axes).get_figure()
-            client.log_figure(info.parent_run_id, figure, name)
-            plt.close(figure)
+                figure = (axes.flat[0] if hasattr(axes, "flat") else axes).get_figure()
+                # Optuna puts some legends right of the axes: keep them in the picture.
+                client.log_figure(info.parent_run_id, figure, name,
+                                  save_kwargs={"bbox_inches": "tight"})
+                plt.close(figure)
         except Exception as e:  # too few trials, a parameter of one value, ...
             log.info("No %s for this search: %s", name, str(e).splitlines()[0] if str(e) else
                      type(e).__name__)
+
+
+def plot_history(study: Any) -> Any:
+    """Optuna's optimization history, plus the pruned trials (which Optuna leaves out: they
+    have no value) at the last value they reported, with a marker of their own; the legend
+    below the axes, covering no point (Optuna puts it past the figure's right edge)."""
+    from optuna.trial import TrialState
+    from optuna.visualization import matplotlib as views
+
+    ax = views.plot_optimization_history(study, target_name="validation accuracy")
+    pruned = [(t.number, t.intermediate_values[max(t.intermediate_values)])
+              for t in study.get_trials(deepcopy=False, states=(TrialState.PRUNED,))
+              if t.intermediate_values]
+    if pruned:
+        numbers, values = zip(*pruned, strict=True)
+        ax.scatter(numbers, values, marker="x", color="tab:gray", zorder=3,
+                   label="Pruned (last reported value)")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncols=3, fontsize="small")
+    return ax

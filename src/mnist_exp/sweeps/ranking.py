@@ -12,6 +12,9 @@ from dataclasses import dataclass
 
 from matplotlib.figure import Figure
 
+from mnist_exp.sweeps.labels import short_labels
+from mnist_exp.sweeps.study import PRUNED_TAG
+
 SWEEP_TAG = "mnist_exp.sweep"  # "parent" on a sweep's own run
 VALIDATION = "final_val_accuracy"
 TEST = "test_accuracy"
@@ -28,6 +31,7 @@ class Row:
     val_accuracy: float | None
     test_accuracy: float | None
     seconds: float | None
+    pruned: bool = False  # stopped early by Optuna's pruner (study.PRUNED_TAG)
 
 
 def load_rows(client, experiment_ids: list[str], parent_run_id: str | None = None) -> list[Row]:
@@ -40,7 +44,8 @@ def load_rows(client, experiment_ids: list[str], parent_run_id: str | None = Non
                 status=r.info.status, params=dict(r.data.params),
                 val_accuracy=r.data.metrics.get(VALIDATION),
                 test_accuracy=r.data.metrics.get(TEST),
-                seconds=(r.info.end_time - r.info.start_time) / 1000 if r.info.end_time else None)
+                seconds=(r.info.end_time - r.info.start_time) / 1000 if r.info.end_time else None,
+                pruned=r.data.tags.get(PRUNED_TAG) == "true")
             for r in runs]
 
 
@@ -69,7 +74,8 @@ def to_markdown(rows: list[Row], keys: list[str], top: int = TOP) -> str:
         name = r.run_id[:8] if keys else f"{r.name} ({r.run_id[:8]})"
         cells = [str(i), name, *(str(r.params.get(k)) for k in keys),
                  _fmt(r.val_accuracy), _fmt(r.test_accuracy),
-                 "" if r.seconds is None else f"{r.seconds:.1f}", r.status]
+                 "" if r.seconds is None else f"{r.seconds:.1f}",
+                 f"{r.status} (pruned)" if r.pruned else r.status]
         lines.append("| " + " | ".join(cells) + " |")
     rest = rows[top:]
     if rest:
@@ -111,29 +117,34 @@ def _mean_sd(values: list[float]) -> str:
 
 
 def plot_comparison(rows: list[Row], keys: list[str], top: int = TOP) -> Figure:
-    """The `top` runs' validation (and, for reference, test) accuracy, best at the top;
-    beside them, when there are more, every run's validation accuracy as a histogram.
-    Drawing stays cheap at thousands of runs: one bar per shown run, one histogram."""
+    """The `top` runs' validation (and, for reference, test) accuracy, best at the top,
+    pruned trials hatched; beside them, when there are more, every run's validation
+    accuracy as a histogram. Drawing stays cheap at thousands of runs: one bar per shown
+    run, one histogram. Labels are short (labels.short_labels); the table has exact values."""
     scored = [r for r in rows if r.val_accuracy is not None]
     shown = scored[:top]
-    fig = Figure(figsize=(9 if len(scored) <= top else 13, 1.2 + 0.45 * max(1, len(shown))),
+    fig = Figure(figsize=(10 if len(scored) <= top else 14, 1.6 + 0.5 * max(1, len(shown))),
                  layout="constrained")
     ax, *hist = fig.subplots(1, 1 if len(scored) <= top else 2, squeeze=False)[0]
     positions = range(len(shown))[::-1]
-    ax.barh([p + 0.2 for p in positions], [r.val_accuracy for r in shown], height=0.4,
-            label="validation (ranks)")
+    for pruned, style in [(False, {"label": "validation (ranks)"}),
+                          (True, {"label": "validation, pruned trial (stopped early)",
+                                  "hatch": "///", "alpha": 0.55})]:
+        at = [(p, r) for p, r in zip(positions, shown, strict=True) if r.pruned == pruned]
+        if at:
+            ax.barh([p + 0.2 for p, _ in at], [r.val_accuracy for _, r in at], height=0.4,
+                    color="C0", **style)
     ax.barh([p - 0.2 for p in positions], [r.test_accuracy or 0 for r in shown], height=0.4,
-            label="test (reported)", alpha=0.6)
-    # Labels past ~70 characters would crowd the bars out; the table has them whole.
-    ax.set_yticks(list(positions), [_shorten(f"#{i} {describe(r, keys)}", 70)
-                                    for i, r in enumerate(shown, 1)], fontsize=8)
+            label="test (reported)", color="C1", alpha=0.6)
+    ax.set_yticks(list(positions), short_labels(shown, keys), fontsize=8)
     low = min([r.val_accuracy for r in shown] + [r.test_accuracy or 1 for r in shown],
               default=0)
     ax.set_xlim(max(0.0, low - 0.05), 1.0)
     ax.set_xlabel("accuracy")
     ax.set_title(f"Best {len(shown)} of {len(rows)} runs by validation accuracy")
     ax.grid(axis="x", alpha=0.3)
-    ax.legend(loc="lower right")
+    fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncols=3,
+               fontsize=8)
     for axis in hist:
         axis.hist([r.val_accuracy for r in scored], bins=40)
         axis.axvline(shown[-1].val_accuracy, color="black", linestyle="--",
@@ -143,10 +154,6 @@ def plot_comparison(rows: list[Row], keys: list[str], top: int = TOP) -> Figure:
         axis.set_title(f"All {len(scored)} scored runs")
         axis.legend()
     return fig
-
-
-def _shorten(text: str, width: int) -> str:
-    return text if len(text) <= width else text[:width - 1] + "…"
 
 
 def _fmt(value: float | None) -> str:
