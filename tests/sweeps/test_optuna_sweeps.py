@@ -1,6 +1,6 @@
 """Searches that survive failures and pick up where they stopped: our Optuna sweeper
-(failed and pruned trials, a resumable study, parallel trials), resumable grid sweeps,
-concurrent sweeps, and a champion that only moves for a better model."""
+(failed and pruned trials, a resumable study, parallel trials), resumable grid sweeps and
+concurrent sweeps."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import shutil
 import subprocess
 import sys
 
-import mlflow
 import optuna
 import pytest
+from omegaconf import OmegaConf
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from helpers import ONE_EPOCH, TINY, child_env, own_lines, run_module, sweep_runs
@@ -76,12 +76,27 @@ def test_the_same_search_again_continues_its_study_with_parallel_trials(mini, tm
     assert first.returncode == 0, first.stderr[-3000:]
     again = run_module("mnist_exp.run", *command, "hydra.sweeper.n_trials=3", cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert states(study_of(tmp_path)) == ["COMPLETE"] * 3  # n_trials counts the total
+    study = study_of(tmp_path)
+    assert states(study) == ["COMPLETE"] * 3  # n_trials counts the total
     _, parents, children = sweep_runs(f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert len(parents) == 2 and {p.info.status for p in parents} == {"FINISHED"}
     per_parent = sorted(sum(c.data.tags["mlflow.parentRunId"] == p.info.run_id
                             for c in children) for p in parents)
     assert per_parent == [1, 2]  # the second run only ran the trial still missing
+    assert {r.info.status for r in children} == {"FINISHED"}
+    [pair] = [p for p in parents if p.data.metrics["jobs"] == 2]
+    [best] = [c for c in children if c.info.run_id == pair.data.tags["best_run_id"]]
+    rate = best.data.params["optimizer.learning_rate"]
+    assert f"optimizer.learning_rate={rate}" in pair.data.tags["best_config"]
+    # Each search writes Optuna's best so far beside its jobs; the second's is the study's.
+    results = sorted(tmp_path.glob("outputs/multirun/*/*/optimization_results.yaml"))
+    assert len(results) == 2
+    assert OmegaConf.load(results[-1]).best_trial == study.best_trial.number
+    sampled = [t.params for t in study.trials]
+    assert sampled[0] != sampled[1]  # the parallel trials of one search
+    if sampled[2] in sampled[:2]:  # last, so that everything above is still checked
+        pytest.xfail("known defect: the continued study re-ran an earlier trial's parameters "
+                     "(each invocation seeds a new sampler identically)")
 
 
 @pytest.mark.slow
@@ -93,7 +108,8 @@ def test_a_trial_worse_than_the_median_is_pruned_and_keeps_what_it_reached(mini,
                           "hydra.sweeper.pruner.n_startup_trials=1",
                           f"hydra.sweeper.n_trials={trials}", cwd=tmp_path)
 
-    assert search(0.003, 1).returncode == 0  # the median to beat
+    first = search(0.003, 1)  # the median to beat
+    assert first.returncode == 0, first.stderr[-3000:]
     result = search(1e-7, 2)  # learns nothing in its first epoch
     assert result.returncode == 0, result.stderr[-3000:]
     assert states(study_of(tmp_path)) == ["COMPLETE", "PRUNED"]
@@ -143,18 +159,3 @@ def test_two_sweeps_started_together_never_collide(mini, tmp_path):
     [line] = own_lines(again.stderr)
     assert "already holds a sweep" in line and "resume=true" in line
     assert len(sweep_runs(f"sqlite:///{tmp_path / 'mlflow.db'}")[1]) == 2  # no third parent
-
-
-@pytest.mark.slow
-def test_the_champion_moves_only_for_a_better_model(mini, tmp_path):
-    def sweep(rate: str) -> subprocess.CompletedProcess:
-        result = run_module("mnist_exp.run", "-m", f"data.path={mini}", *TINY,
-                            "tracking.register_model=true", f"optimizer.learning_rate={rate}",
-                            cwd=tmp_path)
-        assert result.returncode == 0, result.stderr[-3000:]
-        return result
-
-    assert "is now version 1" in sweep("3e-3").stdout
-    assert "@champion stays version 1" in sweep("1e-7").stdout
-    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    assert str(client.get_model_version_by_alias("mnist-exp", "champion").version) == "1"

@@ -19,14 +19,13 @@ import numpy as np
 import psycopg2
 import pytest
 
-from helpers import ROOT, TINY, child_env, own_lines, run_module, serving
+from helpers import ONE_EPOCH, ROOT, TINY, child_env, own_lines, run_module, serving, sweep_runs
 from mnist_exp.data.load import load_idx_folder
 
 sys.path.insert(0, str(ROOT / "scripts"))
 import services  # scripts/ is not a package: found through sys.path
 
 pytestmark = pytest.mark.slow  # the services start in ~30 s; the sweeps take ~4 min
-ONE_EPOCH = (*TINY[:2], "trainer.epochs=1", "tracking.log_model=false")
 SLURM_JOB = ("hydra/launcher=slurm", "hydra.launcher.partition=debug",
              "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1")
 
@@ -80,13 +79,6 @@ def sweep(*args: str, cwd: Path, uri: str, slurm: dict | None = None,
                       "hydra.sweep.dir=sweep", cwd=cwd, env=env, timeout=timeout)
 
 
-def runs_of(uri: str, experiment: str):
-    client = mlflow.MlflowClient(uri)
-    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
-    parents = [r for r in runs if r.data.tags.get("mnist_exp.sweep") == "parent"]
-    return client, parents, [r for r in runs if r not in parents]
-
-
 def slurm_jobs(slurm: dict) -> list[str]:
     squeue = subprocess.run(["squeue", "-h", "-o", "%i %T"], capture_output=True, text=True,
                             env={**os.environ, "SLURM_CONF": slurm["conf"]}, check=True)
@@ -97,7 +89,7 @@ def assert_logged_to_the_stack(uri: str, experiment: str, jobs: int, postgres: d
                                s3: dict):
     """`jobs` FINISHED runs under one FINISHED parent, read back through the server; their
     rows in PostgreSQL, their files in the S3 bucket."""
-    client, [parent], children = runs_of(uri, experiment)
+    client, [parent], children = sweep_runs(uri, experiment)
     assert parent.info.status == "FINISHED"
     assert len(children) == jobs and {r.info.status for r in children} == {"FINISHED"}
     assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parent.info.run_id}
@@ -137,11 +129,15 @@ def slurm_sweep(tmp_path_factory, team_server, slurm):
     return result
 
 
-def test_slurm_sweep_logs_to_the_postgres_and_s3_server(slurm_sweep, team_server, postgres,
-                                                        s3, slurm, mini):
-    _, parent, _ = assert_logged_to_the_stack(team_server, "slurm", 4, postgres, s3)
-    best = parent.data.tags["best_run_id"]
-    assert predicts_digits(team_server, f"models:/{best_model(team_server, best)}", mini) > 0.3
+def test_slurm_sweep_logs_and_registers_on_the_postgres_and_s3_server(
+        slurm_sweep, team_server, postgres, s3, slurm, mini):
+    client, parent, _ = assert_logged_to_the_stack(team_server, "slurm", 4, postgres, s3)
+    # The registry in PostgreSQL: every job's version, the best job's the champion, whose
+    # files come back from S3 through the server.
+    assert len(client.search_model_versions("name = 'mnist-exp'")) == 4
+    champion = client.get_model_version_by_alias("mnist-exp", "champion")
+    assert champion.run_id == parent.data.tags["best_run_id"]
+    assert predicts_digits(team_server, "models:/mnist-exp@champion", mini) > 0.3
     assert "Bypassing sacct error" not in slurm_sweep.stdout + slurm_sweep.stderr
     assert slurm_jobs(slurm) == []  # every job left the queue
 
@@ -151,15 +147,6 @@ def best_model(uri: str, run_id: str) -> str:
         filter_string=f"source_run_id = '{run_id}'",
         experiment_ids=[mlflow.MlflowClient(uri).get_run(run_id).info.experiment_id])
     return model.model_id
-
-
-def test_postgres_registry_gives_the_best_slurm_job_the_champion_alias(slurm_sweep, team_server,
-                                                                       mini):
-    client, [parent], _ = runs_of(team_server, "slurm")
-    assert len(client.search_model_versions("name = 'mnist-exp'")) == 4
-    champion = client.get_model_version_by_alias("mnist-exp", "champion")
-    assert champion.run_id == parent.data.tags["best_run_id"]
-    assert predicts_digits(team_server, "models:/mnist-exp@champion", mini) > 0.3
 
 
 def private_network() -> list[str]:
@@ -185,7 +172,7 @@ def test_ray_sweep_in_a_private_network_logs_every_job(tmp_path, mini):
         text=True, timeout=600)
     failures = [p.read_text() for p in (tmp_path / "sweep").glob("*/FAILED")]
     assert result.returncode == 0, (failures, result.stderr[-3000:])
-    client, [parent], children = runs_of(uri, "mnist_sample")
+    client, [parent], children = sweep_runs(uri, "mnist_sample")
     assert parent.info.status == "FINISHED"
     assert len(children) == 2 and {r.info.status for r in children} == {"FINISHED"}
     assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parent.info.run_id}
@@ -202,7 +189,7 @@ def test_eight_parallel_joblib_jobs_all_reach_the_postgres_server(tmp_path, team
                    "model.hidden_units=[64],[32]", "trainer.batch_size=32,64", cwd=tmp_path,
                    uri=team_server)
     assert result.returncode == 0, result.stderr[-3000:]
-    _, [parent], children = runs_of(team_server, "joblib8")
+    _, [parent], children = sweep_runs(team_server, "joblib8")
     assert len(children) == 8 and {r.info.status for r in children} == {"FINISHED"}
     assert sorted(int(r.data.tags["sweep.job"]) for r in children) == list(range(8))
     assert parent.data.metrics["jobs"] == 8
@@ -256,6 +243,6 @@ def test_an_s3_bucket_that_does_not_exist_stops_the_sweep_in_one_line(tmp_path, 
         result = sweep(*ONE_EPOCH, "tracking.experiment_name=nobucket",
                        "optimizer.learning_rate=1e-3,3e-4", cwd=tmp_path, uri=uri)
         assert_one_line(result, "s3://nope", "bucket does not exist")
-        _, [parent], children = runs_of(uri, "nobucket")
+        _, [parent], children = sweep_runs(uri, "nobucket")
     assert parent.info.status == "FAILED" and children == []
     assert not list((tmp_path / "sweep").glob("*/*.log"))  # no job started

@@ -1,5 +1,6 @@
-"""The model registry and serving: the best job of a sweep becomes models:/<name>@champion,
-which `mlflow models serve` answers over REST and `mnist_exp.predict` accepts."""
+"""The model registry and serving: the best job of a sweep becomes models:/<name>@champion
+(and stays it when a later sweep's best is worse), which `mlflow models serve` answers over
+REST and `mnist_exp.predict` accepts."""
 
 from __future__ import annotations
 
@@ -11,36 +12,43 @@ import mlflow
 import numpy as np
 import pytest
 
-from helpers import run_module, serving
+from helpers import TINY, run_module, serving, sweep_runs
 from mnist_exp.data.load import load_idx_folder
 
-pytestmark = pytest.mark.slow  # a sweep, then a model server: ~45 s
+pytestmark = pytest.mark.slow  # two sweeps, then a model server: ~60 s
 
 
 @pytest.fixture(scope="module")
 def champion(tmp_path_factory, mini):
-    """A 2-job sweep that registers its models; the better one is the champion."""
+    """A 2-job sweep that registers its models (the better one becomes the champion), then
+    a 1-job sweep whose model learns nothing: registered too, but not the champion."""
     workdir = tmp_path_factory.mktemp("registry")
-    result = run_module("mnist_exp.run", "-m", f"data.path={mini}", "data.max_train_samples=3000",
-                        "trainer.epochs=2", "optimizer.learning_rate=1e-3,1e-4",
-                        "tracking.register_model=true", "hydra.sweep.dir=sweep", cwd=workdir)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "models:/mnist-exp@champion is now version" in result.stdout
-    return workdir, f"sqlite:///{workdir / 'mlflow.db'}"
+
+    def sweep(*args: str) -> str:
+        result = run_module("mnist_exp.run", "-m", f"data.path={mini}",
+                            "tracking.register_model=true", *args, cwd=workdir)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return result.stdout
+
+    best = sweep("data.max_train_samples=3000", "trainer.epochs=2",
+                 "optimizer.learning_rate=1e-3,1e-4", "hydra.sweep.dir=sweep")
+    worse = sweep(*TINY, "optimizer.learning_rate=1e-7", "hydra.sweep.dir=worse")
+    return workdir, f"sqlite:///{workdir / 'mlflow.db'}", best, worse
 
 
-def test_the_best_job_by_validation_is_the_champion(champion):
-    _, uri = champion
-    client = mlflow.MlflowClient(uri)
+def test_the_best_job_by_validation_is_the_champion_and_a_worse_sweep_leaves_it(champion):
+    _, uri, best, worse = champion
+    client, parents, _ = sweep_runs(uri)
+    [first] = [p for p in parents if p.data.metrics["jobs"] == 2]
     version = client.get_model_version_by_alias("mnist-exp", "champion")
-    runs = client.search_runs([client.get_experiment_by_name("mnist").experiment_id],
-                              filter_string="tags.`mnist_exp.sweep` = 'parent'")
-    assert version.run_id == runs[0].data.tags["best_run_id"]
-    assert len(client.search_model_versions("name = 'mnist-exp'")) == 2
+    assert version.run_id == first.data.tags["best_run_id"]
+    assert f"models:/mnist-exp@champion is now version {version.version}\n" in best
+    assert f"models:/mnist-exp@champion stays version {version.version} " in worse
+    assert len(client.search_model_versions("name = 'mnist-exp'")) == 3  # all registered
 
 
 def test_mlflow_models_serve_answers_a_digit(champion, mini):
-    workdir, uri = champion
+    workdir, uri, _, _ = champion
     (_, _), (x_test, y_test) = load_idx_folder(mini)
     mlflow.set_tracking_uri(uri)
     model = mlflow.pyfunc.load_model("models:/mnist-exp@champion")
@@ -61,7 +69,7 @@ def test_mlflow_models_serve_answers_a_digit(champion, mini):
 
 
 def test_predict_accepts_the_champion_alias(champion):
-    workdir, uri = champion
+    workdir, uri, _, _ = champion
     result = run_module("mnist_exp.predict", "models:/mnist-exp@champion", "0", "1",
                         cwd=workdir, env={"MLFLOW_TRACKING_URI": uri})
     assert result.returncode == 0, result.stderr[-2000:]
