@@ -32,19 +32,6 @@ def test_kept_model_carries_its_test_and_validation_metrics(run, model):
         assert metric.dataset_digest == digests[f"mnist_sample-{split}"]
 
 
-def test_models_are_ranked_by_test_accuracy(tiny_run, run, model, tmp_path):
-    """A second, worse model in the same experiment (a copy of the store) ranks below."""
-    uri = f"sqlite:///{shutil.copy(tiny_run.workdir / 'mlflow.db', tmp_path / 'mlflow.db')}"
-    mlflow.set_tracking_uri(uri)
-    with mlflow.start_run(experiment_id=run.info.experiment_id):
-        worse = mlflow.initialize_logged_model(name="guess")
-        mlflow.log_metrics({"test_accuracy": 0.1}, model_id=worse.model_id)
-    ranked = mlflow.search_logged_models(
-        [run.info.experiment_id], output_format="list",
-        order_by=[{"field_name": "metrics.test_accuracy", "ascending": False}])
-    assert [m.model_id for m in ranked] == [model.model_id, worse.model_id]
-
-
 def test_system_metrics_tags_and_note_are_recorded(run):
     for key in ("system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"):
         assert key in run.data.metrics
