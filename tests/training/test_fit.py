@@ -8,6 +8,7 @@ import signal
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from helpers import compose_config
 from mnist_exp.config.schema import AdamConfig, MLPConfig, parse_config
@@ -156,12 +157,19 @@ def test_cnn_trains_with_a_cosine_schedule(mini):
     assert history["val_accuracy"][-1] > 0.6
 
 
-def test_convolutional_models_skip_xla_on_a_cpu():
-    config = parse_config(compose_config("model=cnn"))
-    assert execution_plan(config.trainer, convolutional=True).compile_arguments == {
-        "jit_compile": False, "steps_per_execution": 64}  # Keras' own loop, oneDNN convs
-    assert execution_plan(config.trainer).compile_arguments == {
-        "jit_compile": True, "steps_per_execution": 1}
+def test_convolutional_models_use_xla_only_on_a_gpu():
+    """On a CPU a CNN takes Keras' own steps_per_execution loop (oneDNN's convolutions, not
+    XLA's); on a GPU, XLA like every model. Deterministic training never uses XLA."""
+    trainer = parse_config(compose_config("model=cnn")).trainer
+    xla = {"jit_compile": True, "steps_per_execution": 1}
+    keras_loop = {"jit_compile": False, "steps_per_execution": trainer.steps_per_execution}
+    on_gpu = bool(tf.config.list_physical_devices("GPU"))
+    assert execution_plan(trainer, convolutional=True).compile_arguments == (
+        xla if on_gpu else keras_loop)
+    assert execution_plan(trainer).compile_arguments == xla
+    assert trainer.steps_per_execution == 64
+    deterministic = trainer.model_copy(update={"deterministic": True})
+    assert execution_plan(deterministic).compile_arguments == keras_loop
 
 
 class _SignalAtSecondEpoch(keras.callbacks.Callback):
