@@ -151,6 +151,7 @@ def test_offline_without_a_local_copy_says_how_to_fix_it(tmp_path):
            "http_proxy": "http://127.0.0.1:9", "TF_CPP_MIN_LOG_LEVEL": "3"}
     code = ("from mnist_exp.data.load import load_arrays\nfrom mnist_exp.errors import DataError\n"
             "try:\n    load_arrays('mnist')\nexcept DataError as e:\n    print(e)\n")
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                         text=True, timeout=300).stdout
-    assert "could not download mnist" in out and "data.path" in out
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]  # the DataError was raised and caught
+    assert "could not download mnist" in done.stdout and "data.path" in done.stdout
