@@ -104,8 +104,7 @@ def run_experiment(config: Config, context: RunContext = RunContext()) -> RunRes
             val, test = score_held_out(model, data, t.eval_batch_size)
         # The model is logged before its scores, so they are linked to it (model_id).
         with clock("model_logging"), DeferredInterrupts():
-            model_uri = log_trained_model(tracker, model, data.x_test, test.probabilities,
-                                          settings)
+            model_uri = log_trained_model(tracker, model, data.x_test, test.probabilities, settings)
         with clock("plots"):
             pictures = run_figures(history, test, data.x_test, data.class_names)
         with clock("tracking"):
