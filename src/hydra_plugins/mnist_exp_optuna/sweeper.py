@@ -71,6 +71,7 @@ class OptunaSweeper(Sweeper):
         except Exception as e:  # a bad search space, sampler, pruner or storage: one line
             exit_with(ConfigError(first_line(e)))
         _fail_abandoned(study)
+        _reseed(study, self.sampler)
         done = _counted(study)
         log.info("Optuna study %r in %s: %d of %d trials done%s", self.study_name, url, done,
                  self.n_trials, "; continuing it" if done else "")
@@ -82,6 +83,9 @@ class OptunaSweeper(Sweeper):
                 exit_with(ConfigError(f"study {self.study_name!r} in {url}: {e} (its search "
                                       "space changed: start a new study with "
                                       "hydra.sweeper.study_name=...)"))
+            trials = [t for t in trials if not _told_as_duplicate(study, t)]
+            if not trials:
+                continue
             overrides = [(*(as_override(k, v) for k, v in t.params.items()),
                           *(f"{k}={v}" for k, v in fixed.items()),
                           f"++hydra.job.env_set.{TRIAL_ENV}={t._trial_id}")
@@ -120,6 +124,31 @@ def _tell(study: Any, trial: Any, ret: JobReturn) -> None:
         study.tell(trial, value)
         log.info("Trial %d: %.4f with %s", trial.number, value,
                  " ".join(f"{k}={v}" for k, v in trial.params.items()))
+
+
+def _reseed(study: Any, sampler: dict[str, Any]) -> None:
+    """A continued study's sampler is seeded with the seed plus the trials it already holds:
+    seeded alike, a second command's sampler would propose the first command's trials again,
+    and still the same command on the same study proposes the same trials."""
+    from mnist_exp.sweeps.study import make_sampler
+
+    if sampler.get("seed") is not None and study.trials:
+        study.sampler = make_sampler(sampler["name"], sampler["seed"] + len(study.trials))
+
+
+def _told_as_duplicate(study: Any, trial: Any) -> bool:
+    """A proposal equal to a finished trial is not trained again: it is told that trial's
+    value (user attribute duplicate_of), as Optuna's FAQ advises for repeated samples."""
+    from optuna.trial import TrialState
+
+    for done in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if done.params == trial.params:
+            trial.set_user_attr("duplicate_of", done.number)
+            study.tell(trial, done.value)
+            log.info("Trial %d repeats trial %d's parameters: told its value, not run again",
+                     trial.number, done.number)
+            return True
+    return False
 
 
 def _reported(study: Any, number: int) -> dict[str, Any]:
