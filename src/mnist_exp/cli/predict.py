@@ -11,17 +11,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from mnist_exp.cli.native_log import quiet_native_startup
 from mnist_exp.cli.process_exit import exit_after
-from mnist_exp.errors import UserError, exit_with, first_line
+from mnist_exp.errors import UserError, exit_with
+from mnist_exp.tracking.model_refs import load_model
 
 
 @dataclass(frozen=True)
@@ -48,25 +46,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data-path", default=None,
                         help="for test-set indices; default: the run's data.path")
     return parser.parse_args(argv)
-
-
-def model_uri(model: str) -> str:
-    """A run id or logged-model id becomes a URI; anything else is taken as one."""
-    if re.fullmatch(r"[0-9a-f]{32}", model):
-        return f"runs:/{model}/model"
-    if re.fullmatch(r"m-[0-9a-f]{32}", model):
-        return f"models:/{model}"
-    return model
-
-
-def load_model(model_ref: str, loader: Callable[[str], Any]) -> tuple[Any, str]:
-    """The model `model_ref` names (see model_uri), loaded by `loader` (an MLflow flavour's
-    load_model), and its URI; one line (UserError) when there is no such model or alias."""
-    uri = model_uri(model_ref)
-    try:
-        return loader(uri), uri
-    except Exception as e:
-        raise UserError(f"cannot load model {uri!r}: {first_line(e)}") from None
 
 
 def predict(model_ref: str, inputs: list[str], dataset: str | None = None,

@@ -15,13 +15,13 @@ from pathlib import Path
 import mlflow
 import yaml
 
-from mnist_exp.cli.predict import load_model
 from mnist_exp.config.schema import Config, EvaluationConfig, parse_config
 from mnist_exp.data.load import load_dataset
 from mnist_exp.errors import ConfigError, NotUploaded, first_line
 from mnist_exp.evaluation import figures
 from mnist_exp.evaluation.scoring import score
 from mnist_exp.tracking import logs, runs
+from mnist_exp.tracking.model_refs import load_model
 from mnist_exp.tracking.record import RECORD_DIR, records_folder
 from mnist_exp.tracking.store import (
     check_reachable,
