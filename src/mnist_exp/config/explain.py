@@ -2,7 +2,7 @@
 `<dotted.key>: got <value>; allowed: <what>`.
 
 The words come from the declaration itself (its type, bounds, choices; an `Allowed` note
-where those would not say it well), so an error message, the README's tables and the
+where those would not say it well), so an error message, the docs' settings tables and the
 schema cannot disagree. Light: pydantic only, no TensorFlow.
 """
 

@@ -129,7 +129,8 @@ class MlflowSweepCallback(Callback):
         if config.tracking.get("offline"):
             raise UserError("tracking.offline=true: a sweep needs its tracking server (its jobs "
                             "nest under a parent run made before they start); run offline one "
-                            "job at a time, or start a local server (README: tracking=server)")
+                            "job at a time, or start a local server (docs/tracking.md: "
+                            "tracking=server)")
         uri = _tracking_uri(config)
         check_reachable(uri)
         if is_slurm(config.hydra.launcher):

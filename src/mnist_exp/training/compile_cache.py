@@ -5,7 +5,7 @@ TensorFlow keys each entry by the compiled function's name, its argument shapes 
 fingerprint of its XLA program, so a changed model, batch size or optimizer never loads
 a stale entry; it writes each entry to a temporary file and renames it, so runs that
 share the folder never read a half-written one. Loading an entry costs a fraction of
-compiling it (the README's Speed section has the measurements).
+compiling it (docs/performance.md has the measurements).
 
 TensorFlow reads TF_XLA_FLAGS once, at a process's first XLA compilation: the first run
 in a process picks the folder for all of its runs. Other XLA flags there are kept.
