@@ -3,6 +3,7 @@ guard, resumable state), the looped step and Keras' fit."""
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -21,6 +22,7 @@ from mnist_exp.training.batches import BatchChunks
 from mnist_exp.training.execution import ExecutionPlan
 from mnist_exp.training.interrupts import DeferredInterrupts
 from mnist_exp.training.model import one_hot_targets
+from mnist_exp.training.progress import BatchProgress
 from mnist_exp.training.resident import EpochKeys, OneCall, steps_for
 
 
@@ -82,7 +84,8 @@ def fit(
             validation_batch_size=cfg.eval_batch_size,
             epochs=cfg.epochs,
             callbacks=[_EpochOf(batches), *_callbacks(cfg, learning_rate, callbacks,
-                                                      interrupts, backup_dir)],
+                                                      interrupts, backup_dir),
+                       *_progress(batches, len(data.y_train), cfg.batch_size, verbose)],
             verbose=verbose,
         )
     _check(history)
@@ -108,6 +111,17 @@ def _callbacks(cfg: TrainerConfig, learning_rate: float,
     if backup_dir is not None:
         found.append(keras.callbacks.BackupAndRestore(str(backup_dir)))
     return found
+
+
+def _progress(batches: BatchChunks | EpochKeys, samples: int, batch_size: int,
+              verbose: int | str) -> list[keras.callbacks.Callback]:
+    """Keras' progress bar counting the epoch's batches, not its calls into TensorFlow
+    (progress.py); last, where Keras puts its own."""
+    if not verbose:
+        return []
+    if isinstance(batches, EpochKeys):  # one call, every batch
+        return [BatchProgress([math.ceil(samples / batch_size)])]
+    return [BatchProgress(itertools.accumulate(count for _, count, _ in batches.chunks))]
 
 
 def _feed(model: keras.Model, data: Dataset, cfg: TrainerConfig,

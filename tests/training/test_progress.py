@@ -1,0 +1,64 @@
+"""The progress line counts the epoch's batches on every path, as Keras' plain fit does."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import pytest
+
+from helpers import compose_config
+from mnist_exp.config.schema import parse_config
+from mnist_exp.data.load import load_dataset
+from mnist_exp.training.execution import prepare_model
+from mnist_exp.training.fit import EpochClock, fit
+
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _printed_fit(mini, capfd, verbose, *overrides):
+    """Fit 600 digits (480 to train on: 15 batches of 32) for 2 epochs; the path taken, the
+    number of batches, what fit printed (without the terminal's colours), and how long each
+    epoch took."""
+    config = parse_config(compose_config(f"data.path={mini}", "data.max_train_samples=600",
+                                         "trainer.epochs=2", *overrides))
+    t = config.trainer
+    data = load_dataset("mnist", str(mini), validation_split=0.2, seed=t.seed,
+                        max_train_samples=600)
+    model, plan = prepare_model(config, data)
+    clock = EpochClock()
+    capfd.readouterr()
+    fit(model, data, t, plan, learning_rate=config.optimizer.learning_rate, verbose=verbose,
+        callbacks=[clock])
+    printed = ANSI.sub("", capfd.readouterr().out)
+    return plan, math.ceil(len(data.y_train) / t.batch_size), printed, clock.seconds
+
+
+@pytest.mark.parametrize("verbose", [1, 2], ids=["progress bar", "one line per epoch"])
+def test_resident_epochs_show_their_batches_not_one_step(mini, capfd, verbose):
+    """A whole epoch is one call on the resident path; the line still reads 15/15, with the
+    time per batch, once per epoch."""
+    plan, batches, printed, seconds = _printed_fit(mini, capfd, verbose)
+    assert plan.resident
+    assert batches == 15
+    # The finished line of each epoch (a progress bar redraws its line as it goes).
+    finals = re.findall(rf"\b{batches}/{batches} [^\r\n\x08]*?(\d+)(us|ms|s)/step"
+                        r"[^\r\n\x08]*val_loss", printed)
+    assert len(finals) == 2, printed
+    assert "1/1 " not in printed and "Epoch 2/2" in printed
+    for (amount, unit), epoch in zip(finals, seconds, strict=True):  # per batch, not per call
+        per_batch = float(amount) * {"us": 1e-6, "ms": 1e-3, "s": 1.0}[unit]
+        assert per_batch * batches == pytest.approx(epoch, rel=0.25, abs=0.02), printed
+
+
+@pytest.mark.parametrize("overrides", [("trainer.augment.max_shift=1",),
+                                       ("trainer.steps_per_execution=1",
+                                        "trainer.jit_compile=false")],
+                         ids=["fused chunks", "plain batches"])
+def test_host_batches_show_their_batches(mini, capfd, overrides):
+    """Chunks of batches (the augmented fast path) count as their batches; the plain path
+    counts one per batch as Keras always did."""
+    plan, batches, printed, _ = _printed_fit(mini, capfd, 2, *overrides)
+    assert plan.resident is False
+    lines = re.findall(r"^\s*(\d+)/(\d+) - \d+s - \d+(?:us|ms|s)/step", printed, re.M)
+    assert lines == [(str(batches), str(batches))] * 2, printed
