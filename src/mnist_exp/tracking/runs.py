@@ -118,14 +118,15 @@ def _emit_at_end(tracker: Tracker, op: str, **fields: Any) -> None:
 
 def _system_metrics(tracker: Tracker, settings: TrackingConfig, resumed: bool) -> Any:
     """MLflow's sampler of CPU, memory, disk and network use (system/* metrics), in its
-    own thread; not recorded locally (a server that is away misses those samples)."""
+    own thread, with a sample at the run's start and end whatever its length
+    (system_metrics.py); not recorded locally (a server that is away misses those samples)."""
     if not settings.system_metrics or tracker.run_id is None:
         return None
-    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+    from mnist_exp.tracking.system_metrics import SampledAtStartAndEnd
 
     # Its start and stop are announced at INFO: not the user's news.
     logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
-    monitor = SystemMetricsMonitor(tracker.run_id, settings.system_metrics_interval,
+    monitor = SampledAtStartAndEnd(tracker.run_id, settings.system_metrics_interval,
                                    resume_logging=resumed, tracking_uri=tracker.uri)
     monitor.start()
     return monitor
