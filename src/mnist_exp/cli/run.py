@@ -12,7 +12,6 @@ import contextlib
 import logging
 import math
 import os
-import re
 import signal
 import sys
 import tempfile
@@ -22,15 +21,15 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import HydraException, MissingConfigException, OverrideParseException
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from mnist_exp.cli.checks import CONF_DIR, compose_checked, plan_sweep
 from mnist_exp.cli.native_log import quiet_native_startup
 from mnist_exp.cli.process_exit import exit_after
 from mnist_exp.config.preflight import check_fits_memory
 from mnist_exp.config.schema import parse_config
-from mnist_exp.errors import ConfigError, NotUploaded, UserError, describe, exit_with, first_line
+from mnist_exp.errors import ConfigError, NotUploaded, UserError, describe, exit_with
 from mnist_exp.sweeps.callback import finished_job, threads_per_job
 from mnist_exp.sweeps.failures import FAILED, record_failed_job, write_failure
 from mnist_exp.sweeps.study import TRIAL_ENV, TrialLink, resolve_storage
@@ -42,14 +41,6 @@ from mnist_exp.tracking.store import (
 )
 
 log = logging.getLogger("mnist_exp")
-
-
-def _config_dir() -> Path:
-    packaged = Path(__file__).resolve().parents[1] / "conf"  # inside a built wheel
-    return packaged if packaged.is_dir() else Path(__file__).resolve().parents[3] / "conf"
-
-
-CONF_DIR = _config_dir()
 
 
 # mlflow ui 3.x opens in its GenAI view unless the URL (or the browser's memory of an earlier
@@ -67,11 +58,14 @@ def main() -> None:
     # type); Hydra 1.3 warns about that on every sweep.
     warnings.filterwarnings("ignore", message=".*is validated against ConfigStore schema")
     flags = {a.split("=")[0] for a in args if a.startswith("-")}
+    multirun = bool(flags & {"-m", "--multirun"})
     try:
         if not flags & set(_HYDRA_FLAGS):
             check_overrides(args)
+        elif multirun and not flags & (set(_HYDRA_FLAGS) - {"-m", "--multirun"}):
+            check_sweep([a for a in args if a not in ("-m", "--multirun")])
         if not flags & (set(_HYDRA_FLAGS) - {"-m", "--multirun"}):
-            check_output_dir(args, multirun=bool(flags & {"-m", "--multirun"}))
+            check_output_dir(args, multirun=multirun)
     except UserError as e:
         exit_with(e)
     signal.signal(signal.SIGTERM, interrupt)  # `kill` ends the run like Ctrl-C: KILLED
@@ -89,31 +83,23 @@ def check_overrides(overrides: list[str]) -> None:
     (UserError), not TensorFlow's import, and leaves no output folder behind. (A sweep's
     callback checks the store before its jobs; run_experiment checks both again, cheaply,
     for callers that do not come through here.)"""
-    from hydra import compose, initialize_config_dir
-
-    try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            config = parse_config(compose("config", overrides=overrides))
-    except MissingConfigException as e:
-        group, _, option = (e.missing_cfg_file or "").rpartition("/")
-        allowed = ", ".join(sorted(e.options or []))
-        raise ConfigError(f"{group}={option}: no such option; allowed: {allowed}") from None
-    except OverrideParseException as e:
-        raise ConfigError(f"cannot read the override {e.override!r}: "
-                          f"{first_line(e)} (Hydra's override grammar)") from None
-    except HydraException as e:
-        unknown = re.match(r"Could not override '([^']+)'", str(e))
-        if unknown:  # let the schema name the allowed keys: compose with the key appended
-            key = unknown.group(1)
-            check_overrides([f"+{o}" if o.split("=")[0] == key else o for o in overrides])
-        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-        raise ConfigError(" ".join(lines[:2])) from None
+    config = compose_checked(overrides)
     uri = resolve_tracking_uri(config.tracking.uri, Path.cwd())
     if config.tracking.offline:
         check_usable(uri)
     else:
         check_reachable(uri)
     check_fits_memory(config)
+
+
+def check_sweep(overrides: list[str]) -> None:
+    """Check every job of a sweep (each end of an Optuna search space) before the parent run
+    is made or a job starts; with hydra.callbacks.mlflow_sweep.list_jobs=true, print the
+    jobs instead of running them and exit 0."""
+    plan = plan_sweep(overrides)
+    if plan.list_jobs:
+        print("\n".join(plan.lines()))
+        raise SystemExit(0)
 
 
 def check_output_dir(overrides: list[str], multirun: bool) -> None:

@@ -25,9 +25,10 @@ import json
 import logging
 import os
 import sys
+import traceback
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
@@ -108,18 +109,25 @@ def _tracking_uri(config: DictConfig) -> str:
 
 
 class MlflowSweepCallback(Callback):
-    def __init__(self, resume: bool = False) -> None:
+    """Hydra turns a callback's exception into a warning and goes on (launching the jobs,
+    or ending the sweep with exit 0), so every exception here ends the sweep instead: one
+    line and its exit code (errors.describe)."""
+
+    def __init__(self, resume: bool = False, list_jobs: bool = False) -> None:
         self.resume = resume
+        self.list_jobs = list_jobs  # answered by cli/run.py before Hydra starts
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         """Open the store and the parent run. A mistake found here (a server that does not
         answer, a missing database or bucket, an unknown SLURM partition) ends the sweep
-        with one line before any job starts: Hydra turns a callback's exception into a
-        warning and launches the jobs anyway, so this exits instead."""
+        with one line before any job starts."""
         try:
+            if self.list_jobs:  # never run the jobs of a sweep that asked for their list
+                raise UserError("hydra.callbacks.mlflow_sweep.list_jobs=true: the jobs are "
+                                "listed by python -m mnist_exp.run -m ..., and not run")
             self._start(config)
-        except UserError as e:
-            exit_with(e)
+        except Exception as e:
+            _end_sweep(e)
 
     def _start(self, config: DictConfig) -> None:
         import mlflow
@@ -150,14 +158,14 @@ class MlflowSweepCallback(Callback):
             experiment_id, run_name=f"sweep {sweep_id}",
             tags={"mnist_exp.sweep": "parent", "sweep.id": sweep_id,
                   "command": " ".join(["python -m mnist_exp.run", *sys.argv[1:]])})
+        info = SweepInfo(uri, experiment_id, parent.info.run_id, sweep_id)
         try:
             check_artifact_store(uri, parent.info.run_id)
-        except TrackingError:
-            mlflow.MlflowClient(uri).set_terminated(parent.info.run_id, "FAILED")
+            info.save(sweep_dir)
+        except Exception:  # no job starts: the parent run ends FAILED, not RUNNING
+            _end_failed(info)
             raise
-        info = SweepInfo(uri, experiment_id, parent.info.run_id, sweep_id)
         atexit.register(_end_if_open, info)
-        info.save(sweep_dir)
         log.info("Sweep %s: MLflow parent run %s", sweep_id, parent.info.run_id)
 
     def _reopen(self, sweep_dir: Path) -> None:
@@ -173,26 +181,55 @@ class MlflowSweepCallback(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         """Upload what the jobs could not (their server was away), then the summary. If the
-        server is still away, the sweep is kept: one line, exit 3, and `python -m
-        mnist_exp.sync <sweep dir>` uploads the jobs and the summary later. A sweep whose
-        jobs failed exits as its first failed job would have alone (failures.py)."""
-        from mnist_exp.tracking.upload import upload_folder
-
+        server is away, the sweep is kept: one line, exit 3, and `python -m mnist_exp.sync
+        <sweep dir>` uploads the jobs and the summary later. A sweep whose jobs failed exits
+        as its first failed job would have alone (failures.py); anything unexpected exits 1,
+        its traceback in <sweep dir>/sweep.log."""
         sweep_dir = Path(config.hydra.sweep.dir)
+        try:
+            failed = self._end(config, sweep_dir)
+        except Exception as e:
+            _end_sweep(e, sweep_dir / "sweep.log" if sweep_dir.is_dir() else None)
+        if failed is not None:  # the sweep ends as its first failed job would have alone
+            exit_with(failed)
+
+    def _end(self, config: DictConfig, sweep_dir: Path) -> UserError | None:
+        from mnist_exp.tracking.upload import unreachable, upload_folder
+
         info = read_sweep_info(sweep_dir)
         if info is None:
-            return
+            return None
         registered = (config.tracking.registered_model_name
                       if config.tracking.get("register_model") else None)
         try:
             if upload_folder(sweep_dir, info.tracking_uri):
                 raise ServerDown("job runs not uploaded")
             failed = finish_sweep(info, sweep_dir, registered)
-        except ServerDown:
+        except Exception as e:
+            if not isinstance(e, ServerDown) and not unreachable(e):
+                _end_failed(info)
+                raise
             (sweep_dir / SUMMARY_PENDING).write_text(json.dumps({"registered": registered}))
             atexit.unregister(_end_if_open)
-            exit_with(NotUploaded(sweep_dir, info.tracking_uri, "the sweep's runs and summary are"))
+            return NotUploaded(sweep_dir, info.tracking_uri, "the sweep's runs and summary are")
         atexit.unregister(_end_if_open)
-        if failed is not None:  # the sweep ends as its first failed job would have alone
-            exit_with(failed)
+        return failed
 
+
+def _end_sweep(error: Exception, log_file: Path | None = None) -> NoReturn:
+    """End the sweep on a callback's exception, which Hydra would only warn about: one line
+    (with HYDRA_FULL_ERROR=1, the traceback first)."""
+    if os.environ.get("HYDRA_FULL_ERROR") == "1" and not isinstance(error, UserError):
+        traceback.print_exception(error)
+    exit_with(error, log_file)
+
+
+def _end_failed(info: SweepInfo) -> None:
+    """A summary that failed for an unexpected reason: its parent run FAILED, not KILLED."""
+    import mlflow
+
+    atexit.unregister(_end_if_open)
+    try:
+        mlflow.MlflowClient(info.tracking_uri).set_terminated(info.parent_run_id, "FAILED")
+    except Exception as e:  # the line about the first error matters more
+        log.warning("could not mark the sweep's parent run FAILED: %s", str(e)[:200])
