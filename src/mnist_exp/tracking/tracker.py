@@ -1,7 +1,9 @@
 """The live side of a run's tracking: each event goes to the run's record and, while the
 server answers, straight on to it (replay.py); when it stops answering, training goes on
-with one warning, a cheap probe watches for its return, and what was held back is uploaded
-then."""
+with one warning, and every few seconds the events held back are tried again. Whether the
+server answers is judged by those writes alone: a server whose `/health` answers while its
+database is down refuses them, so a `/health` that answers only lets a try go ahead, and
+"answers again" (one line) is said once they are uploaded."""
 
 from __future__ import annotations
 
@@ -55,26 +57,34 @@ class Tracker:
         self.emit("artifact", file=f"files/{artifact_file}", artifact_path=parent)
 
     def _upload(self) -> None:
-        if self._next_probe is not None:
+        away = self._next_probe is not None
+        if away:
             if time.monotonic() < self._next_probe:
                 return
-            if not self.answers():
+            if not self.answers():  # down to its network: no write would get through
                 self._next_probe = time.monotonic() + self.probe_every_s
                 return
-            log.warning("tracking server %s answers again: uploading the %d events held back",
-                        redact(self.uri), self.record.pending)
-            self._next_probe = None
+        held_back = self.record.pending
         try:
             self.uploader.upload()
         except ServerDown as e:
             self._next_probe = time.monotonic() + self.probe_every_s
+            if away:  # said once per outage
+                return
             # System metrics are sampled in MLflow's own thread; their failures would
             # warn every interval.
             logging.getLogger("mlflow.system_metrics").setLevel(logging.ERROR)
             log.warning("tracking server %s not answering (%s); the run goes on and is "
                         "recorded in %s", redact(self.uri), e, self.record.folder)
+            return
+        self._next_probe = None
+        if away:
+            log.warning("tracking server %s answers again: uploaded the %d events held back",
+                        redact(self.uri), held_back)
 
     def answers(self) -> bool:
+        """Whether the server's `/health` answers: a cheap first look, not the verdict (a
+        server up over a database that is down answers it too)."""
         try:
             check_reachable(self.uri, timeout=2.0)
         except UserError:
