@@ -12,16 +12,26 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from mnist_exp.cli.process_exit import exit_after
-from mnist_exp.errors import NotUploaded, ServerAway, ServerDown, UserError, exit_with
+from mnist_exp.errors import (
+    NotUploaded,
+    ServerAway,
+    ServerDown,
+    UserError,
+    describe,
+    exit_with,
+)
+from mnist_exp.tracking.record import DAMAGE_TAG, EVENTS, RunRecord
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mnist_exp.sync", description=__doc__.split(
         "\n\n")[0].split(": ", 1)[1], epilog="Exit status: 0 all uploaded, 3 a server still "
-        "does not answer, 2 a mistake.")
+        "does not answer, 2 a mistake or a damaged record (uploaded up to its damage), 1 an "
+        "unexpected error.")
     parser.add_argument("folders", nargs="*", type=Path, default=[Path("outputs")],
                         help="run or sweep output folders, or folders above them "
                              "(default: outputs)")
@@ -35,22 +45,16 @@ def main(argv: list[str] | None = None) -> int:
         exit_with(UserError(f"no such folder: {', '.join(missing)}"))
 
     from mnist_exp.sweeps.summary import SUMMARY_PENDING, finish_sweep
-    from mnist_exp.tracking.record import RunRecord
     from mnist_exp.tracking.store import read_sweep_info
     from mnist_exp.tracking.upload import bound_http_calls, upload_folder
 
     bound_http_calls()
-    uploaded: list[RunRecord] = []
-
-    def report(record: RunRecord) -> None:
-        uploaded.append(record)
-        end = next(e for e in reversed(record.events) if e["op"] == "end")
-        print(f"uploaded {record.folder}: run {record.ids.get('run_id')} {end['status']}")
-
+    outcome = _Outcome()
     try:
         left = [r for folder in args.folders
-                for r in upload_folder(folder, args.tracking_uri, report)]
+                for r in upload_folder(folder, args.tracking_uri, outcome.report, outcome.failed)]
         if left:
+            outcome.show()
             raise NotUploaded(left[0].folder, args.tracking_uri or left[0].events[0]
                               .get("tracking_uri", ""))
         for folder in args.folders:
@@ -61,13 +65,54 @@ def main(argv: list[str] | None = None) -> int:
                 if failed is not None:  # uploaded all the same: said, not an error of sync's
                     print(failed)
     except ServerDown as e:
+        outcome.show()
         exit_with(ServerAway(f"tracking server not answering ({e}); run sync again once it does"))
     except UserError as e:
+        outcome.show()
         exit_with(e)
-    if not uploaded:
+    if not outcome.uploaded and not outcome.errors:
         print("nothing to upload: every run under "
               f"{', '.join(map(str, args.folders))} is on its tracking server")
-    return 0
+    return outcome.show()
+
+
+class _Outcome:
+    """What a sync did with each record: the runs it uploaded, and one line for each record
+    that was damaged or could not be uploaded (the others are uploaded all the same)."""
+
+    def __init__(self) -> None:
+        self.uploaded = 0
+        self.errors: list[tuple[str, int]] = []
+
+    def report(self, record: RunRecord) -> None:
+        end = next((e for e in reversed(record.events) if e["op"] == "end"), None)
+        run = f"run {record.ids.get('run_id')} {end['status'] if end else ''}".strip()
+        if end is not None:
+            self.uploaded += 1
+            print(f"uploaded {record.folder}: {run}")
+        damage = record.damage
+        if damage is None:
+            return
+        journal = record.folder / EVENTS
+        if end is None:  # its first line, the run's start, is what was lost
+            done = "nothing to upload, the run's start is lost"
+        else:
+            done = (f"uploaded the {len(record.events) - 2} events before it; {run}, tagged "
+                    f"{DAMAGE_TAG}={damage.tag}")
+        self.errors.append((f"{journal}: line {damage.line} {damage.reason}; {done} (the "
+                            f"damaged file is kept as {EVENTS}.damaged)", 2))
+
+    def failed(self, record: RunRecord, error: Exception) -> None:
+        message, code = describe(error)
+        self.errors.append((f"{record.folder}: not uploaded: {message}", code))
+
+    def show(self) -> int:
+        """Print each record's error line (once); the exit status of the first."""
+        for message, _code in self.errors:
+            print(f"mnist-exp: error: {message}", file=sys.stderr)
+        code = self.errors[0][1] if self.errors else 0
+        self.errors = []
+        return code
 
 
 def cli() -> None:

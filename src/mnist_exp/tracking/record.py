@@ -7,6 +7,10 @@ folder before it is uploaded, with the files it names copied beside it; `uploade
 the events the server has. Uploading (upload.py) replays the events past that count, so
 the same replay serves a live run, a server that came back, and `python -m mnist_exp.sync`.
 Once everything is uploaded the copies of files are removed; the journal stays.
+
+A journal cut by a power loss (a half-written last line) or damaged on disk is read up to
+its first unreadable line; `repair` keeps the events before it, ends the run FAILED with a
+tag naming the line, and keeps the damaged file beside it as events.jsonl.damaged.
 """
 
 from __future__ import annotations
@@ -17,11 +21,32 @@ import os
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mnist_exp.errors import DataError
+
 RECORD_DIR = "mlflow_record"
 EVENTS = "events.jsonl"
+DAMAGE_TAG = "mnist_exp.record_damaged"  # on a run whose record was damaged: "events.jsonl:<line>"
+# The fields each event needs to be replayed (replay.py); an event without them is damage.
+FIELDS = {"start": ("experiment_name", "run_name", "tags", "start_time"), "params": ("values",),
+          "tags": ("values",), "metrics": ("values", "step", "timestamp"),
+          "input": ("context", "dataset"), "artifact": ("file",), "model": ("folder", "name"),
+          "end": ("status", "end_time")}
+
+
+@dataclass(frozen=True)
+class Damage:
+    """Where a journal stops being readable: its first unreadable line (from 1), and why."""
+
+    line: int
+    reason: str
+
+    @property
+    def tag(self) -> str:
+        return f"{EVENTS}:{self.line}"
 
 
 class RunRecord:
@@ -33,11 +58,65 @@ class RunRecord:
         self.reload()
 
     def reload(self) -> None:
-        """Read the journal again (another process may have added to it)."""
+        """Read the journal again (another process may have added to it), up to its first
+        unreadable line (`damage`)."""
         self._events: list[dict[str, Any]] = []
-        if (self.folder / EVENTS).is_file():
-            with (self.folder / EVENTS).open() as f:
-                self._events = [json.loads(line) for line in f if line.strip()]
+        self._lines: list[bytes] = []  # the raw lines of those events, for `repair`
+        self._damage: Damage | None = None
+        try:
+            data = (self.folder / EVENTS).read_bytes()
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            self._damage = Damage(1, f"cannot be read ({e.strerror or e})")
+            return
+        lines = data.split(b"\n")
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            event, problem = _parse(line, first=not self._events)
+            if event is None:
+                cut = number == len(lines)  # the file ends inside this line: its write was cut
+                self._damage = Damage(number, "is cut short" if cut else f"is {problem}")
+                return
+            self._events.append(event)
+            self._lines.append(line)
+
+    @property
+    def damage(self) -> Damage | None:
+        """The journal's damage: found by this read, or recorded by an earlier `repair`."""
+        if self._damage is not None:
+            return self._damage
+        marked = next((e["damage"] for e in self._events if e["op"] == "tags" and "damage" in e),
+                      None)
+        return Damage(**marked) if isinstance(marked, dict) else None
+
+    @property
+    def needs_repair(self) -> bool:
+        """Whether this read found damage that `repair` has not dealt with yet."""
+        return self._damage is not None
+
+    def repair(self) -> None:
+        """Keep the events before the damage, end the run FAILED with the damage as a tag and
+        its error, and keep the damaged journal as events.jsonl.damaged. A journal whose first
+        line (the run's start) is unreadable has no run to end: it stops being a record."""
+        damage = self._damage
+        if damage is None:
+            return
+        journal = self.folder / EVENTS
+        kept = b"".join(line + b"\n" for line in self._lines)
+        os.replace(journal, journal.with_name(f"{EVENTS}.damaged"))
+        self.set_uploaded(min(self.uploaded, len(self._lines)))
+        if not self._events:
+            return
+        _write_atomic(journal, kept.decode())
+        last = max((e.get("timestamp") or e.get("start_time") or 0) for e in self._events)
+        self.append("tags", values={
+            DAMAGE_TAG: damage.tag,
+            "error": f"the run's local record is damaged: line {damage.line} of {EVENTS} "
+                     f"{damage.reason}; what it recorded from there on is lost"},
+            damage={"line": damage.line, "reason": damage.reason})
+        self.append("end", status="FAILED", end_time=last)
 
     @classmethod
     def create(cls, folder: Path) -> RunRecord:
@@ -65,7 +144,10 @@ class RunRecord:
     def uploaded(self) -> int:
         """How many events, from the first, the tracking server has."""
         path = self.folder / "uploaded"
-        return int(path.read_text()) if path.is_file() else 0
+        try:
+            return int(path.read_text())
+        except (OSError, ValueError):  # none yet, or damaged: replaying is safe to repeat
+            return 0
 
     def set_uploaded(self, count: int) -> None:
         _write_atomic(self.folder / "uploaded", str(count))
@@ -82,7 +164,16 @@ class RunRecord:
     def ids(self) -> dict[str, str]:
         """The run's (and its logged model's) ids on the server, once it has them."""
         path = self.folder / "ids.json"
-        return json.loads(path.read_text()) if path.is_file() else {}
+        if not path.is_file():
+            return {}
+        try:
+            ids = json.loads(path.read_bytes())
+        except ValueError:
+            ids = None
+        if not isinstance(ids, dict):
+            raise DataError(f"{path} is damaged: the run's id on the server is lost; upload "
+                            f"the record to a new run by removing {path.name}")
+        return ids
 
     def set_id(self, key: str, value: str) -> None:
         _write_atomic(self.folder / "ids.json", json.dumps(self.ids | {key: value}))
@@ -140,6 +231,25 @@ def find_records(roots: list[Path]) -> list[RunRecord]:
             found.setdefault(journal.parent.resolve(), RunRecord(journal.parent))
     return sorted(found.values(), key=lambda r: (r.events[0].get("start_time", 0)
                                                  if r.events else 0, str(r.folder)))
+
+
+def _parse(line: bytes, first: bool) -> tuple[dict[str, Any] | None, str]:
+    """A journal line's event, or None and why it is not one replay.py can use."""
+    try:
+        event = json.loads(line)
+    except ValueError:  # also UnicodeDecodeError: binary garbage
+        return None, "not JSON"
+    if not isinstance(event, dict) or event.get("op") not in FIELDS:
+        return None, "not an event"
+    op = event["op"]
+    missing = [name for name in FIELDS[op] if name not in event]
+    if missing:
+        return None, f"a {op} event without {', '.join(missing)}"
+    if any(not isinstance(event.get(name) or {}, dict) for name in ("values", "tags", "dataset")):
+        return None, f"a {op} event of the wrong shape"
+    if first != (op == "start"):
+        return None, "not the run's start" if first else "a second start"
+    return event, ""
 
 
 def _write_atomic(path: Path, text: str) -> None:

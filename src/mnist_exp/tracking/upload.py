@@ -37,14 +37,19 @@ def bound_http_calls() -> None:
 
 
 def upload_folder(folder: Path, uri: str | None = None,
-                  report: Callable[[RunRecord], None] | None = None) -> list[RunRecord]:
+                  report: Callable[[RunRecord], None] | None = None,
+                  failed: Callable[[RunRecord, Exception], None] | None = None,
+                  ) -> list[RunRecord]:
     """Upload every record under `folder` that its server lacks, each to `uri` or else to
     the store it names; the records still pending (server away). A record whose process
-    died without ending it (killed, a crash) is ended KILLED. Records of live runs wait."""
+    died without ending it (killed, a crash) is ended KILLED; a damaged one (record.py) is
+    uploaded up to its damage and ended FAILED. Records of live runs wait. `report` hears of
+    each record done (a damaged one too, even with nothing to upload); an error of one
+    record goes to `failed`, if given, and the others are still uploaded."""
     bound_http_calls()
     left = []
     for record in find_records([folder]):
-        if not record.pending:
+        if not record.pending and not record.needs_repair:
             continue
         try:  # a live run's record, or one another sync is uploading, waits
             record.hold()
@@ -56,6 +61,10 @@ def upload_folder(folder: Path, uri: str | None = None,
                 left.append(record)
             elif report is not None:
                 report(record)
+        except Exception as e:
+            if failed is None:
+                raise
+            failed(record, e)
         finally:
             record.let_go()
     return left
@@ -63,6 +72,9 @@ def upload_folder(folder: Path, uri: str | None = None,
 
 def _upload_record(record: RunRecord, uri: str | None) -> bool:
     """Upload one record; whether its server was away."""
+    record.repair()
+    if not record.events:  # damaged at its start: nothing to upload
+        return False
     target = uri or record.events[0].get("tracking_uri", "")
     if "***" in target:  # redacted when recorded
         target = os.environ.get("MLFLOW_TRACKING_URI", "")
@@ -72,6 +84,7 @@ def _upload_record(record: RunRecord, uri: str | None) -> bool:
     if not record.ended:
         last = max((e.get("timestamp") or e.get("start_time") or 0) for e in record.events)
         record.append("end", status="KILLED", end_time=last)
+    record.ids  # noqa: B018 - a damaged ids.json stops here, before any event is passed over
     uploader = Uploader(record, target)
     uploader.careful = True
     while record.pending:
