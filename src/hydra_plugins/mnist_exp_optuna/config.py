@@ -27,7 +27,9 @@ class OptunaSweeperConf:
     _target_: str = "hydra_plugins.mnist_exp_optuna.sweeper.OptunaSweeper"
     direction: str = "maximize"
     study_name: str = "mnist_exp"
-    # null: sqlite:///<launch folder>/optuna.db, beside the default MLflow store
+    # null: sqlite:///<launch folder>/optuna.db (jobs on one machine); journal:PATH: Optuna's
+    # journal file, for jobs on several machines sharing a file system; postgresql://...:
+    # a database server. Relative paths: from the launch folder (mnist_exp.sweeps.study)
     storage: str | None = None
     n_trials: int = 20  # in all: trials finished by earlier runs of the study count
     n_jobs: int = 1  # trials launched together (a parallel launcher runs them at once)

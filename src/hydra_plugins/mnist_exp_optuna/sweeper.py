@@ -4,8 +4,9 @@ Only this process touches the study's trials: it asks for a batch of n_jobs tria
 launches them as Hydra jobs (in turn, or at once with a parallel launcher), and tells each
 one's end. A trial that answers NaN, raises, or is refused by the config schema is told
 FAIL with its reason and the search goes on; one that the pruner stopped is told PRUNED.
-The study is kept in an RDB storage (mnist_exp.study), so the same command again continues
-it: finished trials count toward n_trials and are not run again.
+The study is kept in a storage that outlives the search (a SQLite file, a journal file or
+PostgreSQL: mnist_exp.sweeps.study), so the same command again continues it: finished
+trials count toward n_trials and are not run again.
 
 Each job learns its trial's id from the environment variable MNIST_EXP_OPTUNA_TRIAL, set
 through the override hydra.job.env_set.<name>: a Hydra setting, so it reaches a job in any
@@ -25,7 +26,7 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig
 
-from mnist_exp.errors import ConfigError, exit_with, first_line
+from mnist_exp.errors import ConfigError, exit_with, first_line, redact
 
 log = logging.getLogger(__name__)
 
@@ -53,15 +54,16 @@ class OptunaSweeper(Sweeper):
         from hydra_plugins.mnist_exp_optuna.space import as_override, parse_params
         from mnist_exp.sweeps.study import (
             TRIAL_ENV,
+            cluster_note,
             make_pruner,
             make_sampler,
             open_storage,
             resolve_storage,
         )
 
-        url = resolve_storage(self.storage, Path.cwd())
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # we say what happens, once
         try:
+            url = resolve_storage(self.storage, Path.cwd())
             space, fixed = parse_params([*(f"{k}={v}" for k, v in self.params.items()),
                                          *arguments])
             study = optuna.create_study(
@@ -69,7 +71,10 @@ class OptunaSweeper(Sweeper):
                 sampler=make_sampler(self.sampler["name"], self.sampler.get("seed")),
                 pruner=make_pruner(**self.pruner), load_if_exists=True)
         except Exception as e:  # a bad search space, sampler, pruner or storage: one line
-            exit_with(ConfigError(first_line(e)))
+            exit_with(ConfigError(redact(first_line(e))))
+        if note := cluster_note(url, self.config.hydra.launcher):
+            log.warning(note)
+        url = redact(url)  # shown from here on
         _fail_abandoned(study)
         _reseed(study, self.sampler)
         done = _counted(study)

@@ -2,23 +2,35 @@
 pruned. Shared by the sweeper (which asks and tells, in the launching process) and each
 trial's job (which reports its epochs to the pruner, in whatever process runs it).
 
-A study lives in an RDB storage under its name, by default sqlite:///<launch
-folder>/optuna.db beside the MLflow store, so the same command later continues it and
-`optuna-dashboard sqlite:///optuna.db` shows it. Several processes write that file (the
-jobs their epochs, the sweeper its trials): write-ahead logging and a generous busy
-timeout let them take turns instead of failing with "database is locked".
+A study lives under its name in one of three storages, every job opening the same one:
+- a SQLite file, by default sqlite:///<launch folder>/optuna.db beside the MLflow store
+  (`optuna-dashboard sqlite:///optuna.db` shows it). Its writers (the jobs their epochs,
+  the sweeper its trials) take turns through write-ahead logging and a generous busy
+  timeout; WAL needs the processes on one machine and the file on its local disk.
+- journal:PATH, Optuna's journal file, for jobs on several machines sharing a file
+  system (NFS): appends under a lock file made with O_EXCL (JournalFileOpenLock), which
+  NFSv3 and later honour, where SQLite's locks do not hold.
+- postgresql://..., a database server, for a team.
+Relative file paths resolve against the launch folder, so the same command later
+continues the study.
 """
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mnist_exp.errors import ConfigError
+from mnist_exp.errors import ConfigError, redact
+from mnist_exp.sweeps.cluster import is_slurm
 from mnist_exp.tracking.store import allow_concurrent_writers
 
 DEFAULT_STORAGE = "optuna.db"
+JOURNAL = "journal:"
+SERVERS = ("postgresql", "mysql")  # database servers, through Optuna's RDBStorage
+ALLOWED = ("null (sqlite:///optuna.db in the launch folder), sqlite:///PATH (one machine), "
+           "journal:PATH (a journal file on a shared file system), postgresql://USER@HOST/DB")
 TRIAL_ENV = "MNIST_EXP_OPTUNA_TRIAL"  # set in a trial's job by the sweeper (hydra.job.env_set)
 PRUNED_TAG = "optuna.pruned"
 SAMPLERS = ("tpe", "random", "cmaes")
@@ -37,21 +49,73 @@ class TrialLink:
 
 
 def resolve_storage(configured: str | None, launch_dir: Path) -> str:
-    """The configured storage URL, else sqlite:///<launch_dir>/optuna.db."""
-    return configured or f"sqlite:///{(launch_dir / DEFAULT_STORAGE).resolve()}"
+    """The study's storage with its file, if any, made absolute against the launch folder
+    (default sqlite:///<launch_dir>/optuna.db); a string that names no storage is a
+    ConfigError naming the ones allowed."""
+    if not configured:
+        return f"sqlite:///{(launch_dir / DEFAULT_STORAGE).resolve()}"
+    if configured.startswith(JOURNAL):
+        path = configured.removeprefix(JOURNAL)
+        path = path.removeprefix("//")  # the URL spelling, journal:///abs/path
+        if path and not path.endswith("/"):
+            return f"{JOURNAL}{(launch_dir / Path(path).expanduser()).resolve()}"
+    scheme = configured.split("://", 1)[0].lower() if "://" in configured else ""
+    if scheme == "sqlite":
+        database, query = _sqlite_file(configured)
+        if database and database != ":memory:":
+            return f"sqlite:///{(launch_dir / Path(database).expanduser()).resolve()}{query}"
+    if scheme.split("+")[0] in SERVERS:
+        return configured
+    raise ConfigError(f"hydra.sweeper.storage={redact(configured)}: not a study storage; "
+                      f"allowed: {ALLOWED}")
 
 
 def open_storage(url: str) -> Any:
-    """An RDB storage that several processes can write at once (see the module's note)."""
+    """The storage `url` names (resolve_storage's answer), ready for several processes to
+    write at once (see the module's note)."""
     import optuna
 
+    if url.startswith(JOURNAL):
+        from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
+
+        path = url.removeprefix(JOURNAL)
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        return optuna.storages.JournalStorage(
+            JournalFileBackend(path, lock_obj=JournalFileOpenLock(path)))
     engine_kwargs: dict[str, Any] = {}
     if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///").split("?")[0]).parent.mkdir(parents=True,
-                                                                         exist_ok=True)
+        Path(_sqlite_file(url)[0]).parent.mkdir(parents=True, exist_ok=True)
         allow_concurrent_writers(url)
         engine_kwargs = {"connect_args": {"timeout": 60}}
-    return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+    return optuna.storages.RDBStorage(_with_driver(url), engine_kwargs=engine_kwargs)
+
+
+def cluster_note(url: str, launcher: Any) -> str | None:
+    """A warning for a study in a SQLite file whose trials SLURM runs: its nodes share
+    the file over the network, where SQLite's locking and WAL do not work (a one-node
+    cluster is fine, hence a warning, not a refusal)."""
+    if not url.startswith("sqlite:") or not is_slurm(launcher):
+        return None
+    return (f"the Optuna study is in a SQLite file ({url}), which SLURM jobs on other nodes "
+            "cannot share safely; use hydra.sweeper.storage=journal:PATH on a shared file "
+            "system or postgresql://...")
+
+
+def _sqlite_file(url: str) -> tuple[str, str]:
+    """A SQLite URL's database path and its query string (?..., or empty)."""
+    database, sep, query = url.split(":///", 1)[-1].partition("?")
+    return database, sep + query
+
+
+def _with_driver(url: str) -> str:
+    """A plain postgresql:// with the driver that is installed: SQLAlchemy 2.1 picks
+    psycopg 3 for it, the team extra installs psycopg2."""
+    if not url.startswith("postgresql://") or importlib.util.find_spec("psycopg"):
+        return url
+    if importlib.util.find_spec("psycopg2"):
+        return "postgresql+psycopg2://" + url.removeprefix("postgresql://")
+    raise ConfigError(f"hydra.sweeper.storage={redact(url)} needs a PostgreSQL driver, which "
+                      "is not installed: pip install -e \".[team]\" (psycopg2)")
 
 
 def make_sampler(name: str, seed: int | None) -> Any:
