@@ -19,19 +19,25 @@ SUMMARY_PENDING = "SUMMARY_PENDING"  # the sweep ended while its server was away
 def finish_sweep(info: SweepInfo, sweep_dir: Path, registered: str | None) -> JobsFailed | None:
     """Rank the sweep's jobs by validation accuracy, attach the table and a comparison plot
     to the parent run, crown the best model, end the parent run, and print the outcome;
-    the error the sweep ends with if jobs failed. ServerDown if the store does not answer."""
-    import mlflow
-
-    from mnist_exp.sweeps import ranking as report
+    the error the sweep ends with if jobs failed. ServerDown if the store stops answering at
+    any step (each is safe to repeat: the sweep stays SUMMARY_PENDING for sync)."""
     from mnist_exp.tracking.upload import unreachable
 
-    client = mlflow.MlflowClient(info.tracking_uri)
     try:
-        rows = report.rank(report.load_rows(client, [info.experiment_id], info.parent_run_id))
+        return _finish(info, sweep_dir, registered)
     except Exception as e:
         if unreachable(e):
             raise ServerDown(str(e)) from e
         raise
+
+
+def _finish(info: SweepInfo, sweep_dir: Path, registered: str | None) -> JobsFailed | None:
+    import mlflow
+
+    from mnist_exp.sweeps import ranking as report
+
+    client = mlflow.MlflowClient(info.tracking_uri)
+    rows = report.rank(report.load_rows(client, [info.experiment_id], info.parent_run_id))
     if info.resumed:  # a job that ran again counts once, as it ended now
         rows = [r for r in rows if r.run_id not in _superseded(client, info)]
     keys = report.differing_params(rows[:report.TOP])
