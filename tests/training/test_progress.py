@@ -38,7 +38,7 @@ def _printed_fit(mini, capfd, verbose, *overrides):
 def test_resident_epochs_show_their_batches_not_one_step(mini, capfd, verbose):
     """A whole epoch is one call on the resident path; the line still reads 15/15, with the
     time per batch, once per epoch."""
-    plan, batches, printed, seconds = _printed_fit(mini, capfd, verbose)
+    plan, batches, printed, seconds = _printed_fit(mini, capfd, verbose, "trainer.jit_compile=true")
     assert plan.resident
     assert batches == 15
     # The finished line of each epoch (a progress bar redraws its line as it goes).
@@ -51,14 +51,14 @@ def test_resident_epochs_show_their_batches_not_one_step(mini, capfd, verbose):
         assert per_batch * batches == pytest.approx(epoch, rel=0.25, abs=0.02), printed
 
 
-@pytest.mark.parametrize("overrides", [("trainer.augment.max_shift=1",),
-                                       ("trainer.steps_per_execution=1",
-                                        "trainer.jit_compile=false")],
-                         ids=["fused chunks", "plain batches"])
-def test_host_batches_show_their_batches(mini, capfd, overrides):
+@pytest.mark.parametrize(("fused", "overrides"), [
+    (True, ("trainer.jit_compile=true", "trainer.augment.max_shift=1")),
+    (False, ("trainer.steps_per_execution=1", "trainer.jit_compile=false"))],
+    ids=["fused chunks", "plain batches"])
+def test_host_batches_show_their_batches(mini, capfd, fused, overrides):
     """Chunks of batches (the augmented fast path) count as their batches; the plain path
     counts one per batch as Keras always did."""
     plan, batches, printed, _ = _printed_fit(mini, capfd, 2, *overrides)
-    assert plan.resident is False
+    assert (plan.resident, plan.fused) == (False, fused)
     lines = re.findall(r"^\s*(\d+)/(\d+) - \d+s - \d+(?:us|ms|s)/step", printed, re.M)
     assert lines == [(str(batches), str(batches))] * 2, printed

@@ -21,7 +21,7 @@ class BatchProgress(keras.callbacks.ProgbarLogger):
 
     def set_params(self, params: dict[str, Any]) -> None:
         super().set_params(params)
-        self.target = self.done[-1]
+        self.target = self.done[-1] if self.done else self.target
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         super().on_train_batch_end(self.done[min(batch, len(self.done) - 1)] - 1, logs)
