@@ -4,11 +4,11 @@ keys."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, StrictFloat, StrictInt, model_validator
 
-from mnist_exp.config.explain import conflict
+from mnist_exp.config.explain import Allowed, conflict
 from mnist_exp.config.kinds import (
     Count,
     ExistingPath,
@@ -82,7 +82,9 @@ class TrainerConfig(Section):
     resume: bool = Field(False, description="continue an interrupted run of this config")
     steps_per_execution: Count = Field(64, description="batches per call into TensorFlow (1: "
                                                        "a Python round trip per batch)")
-    jit_compile: bool = Field(True, description="compile the training step with XLA")
+    jit_compile: Annotated[Literal["auto", True, False], Allowed("auto, true or false")] = Field(
+        "auto", description="compile the training step with XLA; auto: where it is the "
+                            "faster path for the model and device (docs/performance.md)")
     eval_batch_size: Count = Field(1024, description="batch size for validation and test")
     threads: StrictInt = Field(0, ge=0, description="TensorFlow's thread pools (0: its default, "
                                                     "one per core)")

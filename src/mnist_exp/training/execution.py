@@ -38,24 +38,50 @@ class ExecutionPlan:
         return {"jit_compile": self.jit_compile, "steps_per_execution": self.steps_per_execution}
 
 
-def execution_plan(cfg: TrainerConfig, *, convolutional: bool = False,
+def execution_plan(cfg: TrainerConfig, *, convolutional: bool = False, dropout: float = 0.0,
                    train_shape: tuple[int, ...] = (),
                    val_shape: tuple[int, ...] = ()) -> ExecutionPlan:
-    """The path for these settings and sets. With XLA, several steps per execution run as one
-    compiled loop (fit feeds chunks of batches), so Keras compiles one step per call;
-    without, Keras' own steps_per_execution loop does it. XLA has no deterministic mode, so
-    trainer.deterministic takes the plain path; and XLA's convolutions on a CPU are some
-    40x slower than TensorFlow's oneDNN ones (small CNN, batch 64, 2 cores), so a
-    convolutional model uses XLA only on a GPU. Augmentation happens on the host, so it
-    takes the fused path, not the resident one."""
-    jit = (cfg.jit_compile and not cfg.deterministic
-           and (not convolutional or bool(tf.config.list_physical_devices("GPU"))))
+    """The path for these settings, model and sets. With XLA, several steps per execution run
+    as one compiled loop (fit feeds chunks of batches), so Keras compiles one step per call;
+    without, Keras' own steps_per_execution loop does it. Augmentation happens on the host,
+    so it takes the fused path, not the resident one."""
+    jit = uses_xla(cfg, convolutional=convolutional, dropout=dropout)
     chunk = cfg.steps_per_execution if jit else 1
     augmented = bool(cfg.augment.max_shift or cfg.augment.horizontal_flip)
     return ExecutionPlan(
         jit_compile=jit, steps_per_execution=1 if jit else cfg.steps_per_execution,
         chunk=chunk, resident=chunk > 1 and not augmented,
         traced_for=(cfg.batch_size, cfg.eval_batch_size, train_shape, val_shape))
+
+
+def plan_for(config: Config, train_shape: tuple[int, ...] = (),
+             val_shape: tuple[int, ...] = ()) -> ExecutionPlan:
+    """The plan of a whole config: its trainer's settings and what its model computes."""
+    return execution_plan(config.trainer, convolutional=isinstance(config.model, CNNConfig),
+                          dropout=config.model.dropout, train_shape=train_shape,
+                          val_shape=val_shape)
+
+
+def uses_xla(cfg: TrainerConfig, *, convolutional: bool = False, dropout: float = 0.0) -> bool:
+    """trainer.jit_compile=true or false decides; `auto` takes XLA where it is the faster path.
+
+    XLA has no deterministic mode, so trainer.deterministic never takes it. On a CPU
+    (scripts/benchmark_corners.py, docs/performance.md "Corners of the schema"):
+    - convolutions: XLA's are far slower than TensorFlow's oneDNN ones;
+    - dropout: Keras draws each mask with a stateless Philox op, which XLA on a CPU expands
+      into elementwise 64-bit arithmetic, some 10x the cost of TensorFlow's own Philox
+      kernel; per step that outweighs everything XLA saves.
+    There, Keras' own steps_per_execution loop without XLA is the faster path. On a GPU
+    every model takes XLA."""
+    if cfg.deterministic or cfg.jit_compile is False:
+        return False
+    if cfg.jit_compile is True or _on_gpu():
+        return True
+    return not convolutional and dropout == 0
+
+
+def _on_gpu() -> bool:
+    return bool(tf.config.list_physical_devices("GPU"))
 
 
 def setup_runtime(seed: int, deterministic: bool = False, threads: int = 0) -> None:
@@ -76,8 +102,7 @@ def prepare_model(config: Config, data: Dataset,
     exactly as a run trains it; with `reuse`, the kept model of an earlier job in this
     process holding this one's state (kept_models.py)."""
     t = config.trainer
-    plan = execution_plan(t, convolutional=isinstance(config.model, CNNConfig),
-                          train_shape=data.x_train.shape, val_shape=data.x_val.shape)
+    plan = plan_for(config, data.x_train.shape, data.x_val.shape)
     setup_runtime(t.seed, t.deterministic, t.threads)
     compile_cache.use(compile_cache.folder_for(t.compile_cache, t.compile_cache_dir))
     model = build_model(config.model, num_classes=len(data.class_names),
