@@ -14,9 +14,9 @@ from mnist_exp.training.execution import prepare_model
 from mnist_exp.training.fit import fit
 
 # Dropout (random-seed state), a schedule (it moves the learning-rate variable) and the
-# resident path (steps traced once per model).
+# resident path (steps traced once per model; XLA, which auto leaves out for dropout on a CPU).
 _SHARED = ("model.dropout=0.2", "trainer.lr_schedule.name=cosine",
-           "trainer.lr_schedule.min_lr=0.0001", "trainer.epochs=2")
+           "trainer.lr_schedule.min_lr=0.0001", "trainer.epochs=2", "trainer.jit_compile=true")
 
 
 def _job(mini, *overrides: str):
