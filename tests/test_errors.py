@@ -7,9 +7,11 @@ import ast
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pytest
 
 from helpers import ONE_EPOCH, ROOT, own_lines, run_module, sweep_runs
+from mnist_exp.data.load import load_idx_folder
 from mnist_exp.errors import (
     ConfigError,
     DataError,
@@ -46,14 +48,18 @@ def test_each_command_shows_a_mistake_as_one_line_and_exits_2(tmp_path, module, 
     assert message in errors[0]
 
 
-def test_a_sweep_with_a_job_failing_on_a_mistake_exits_as_that_job_alone(tmp_path):
-    alone = run_module("mnist_exp.run", "data=mnist_sample", "optimizer.learning_rate=-1",
+def test_a_sweep_with_a_job_failing_on_a_mistake_exits_as_that_job_alone(tmp_path, mini):
+    # A mistake only the data shows: a sweep's values are checked before it starts.
+    (x_train, y_train), (x_test, y_test) = load_idx_folder(mini)
+    np.savez(tmp_path / "bad.npz", x_train=x_train[:600], y_train=y_train[:600] + 1,
+             x_test=x_test[:300], y_test=y_test[:300])
+    alone = run_module("mnist_exp.run", "data=mnist_sample", f"data.path={tmp_path}/bad.npz",
                        cwd=tmp_path)
     [line] = own_lines(alone.stderr)
     mistake = line.removeprefix("mnist-exp: error: ")
 
     result = run_module("mnist_exp.run", "-m", "data=mnist_sample", *ONE_EPOCH,
-                        "optimizer.learning_rate=0.001,-1", "hydra.sweep.dir=sweep",
+                        f"data.path={mini},{tmp_path}/bad.npz", "hydra.sweep.dir=sweep",
                         cwd=tmp_path)
     assert result.returncode == alone.returncode == 2, result.stderr[-3000:]
     assert "Traceback" not in result.stderr

@@ -1,6 +1,6 @@
-"""Configs checked before anything heavy starts: a command's overrides, every job of a grid
-sweep, the ends of an Optuna search space. Each is composed by Hydra and judged by the
-schema; a mistake is one line (ConfigError), and nothing has been made yet.
+"""Configs checked before anything heavy starts: a command's overrides (a run's, evaluate's),
+every job of a grid sweep, the ends of an Optuna search space. Each is composed by Hydra
+and judged by the schema; a mistake is one line (ConfigError), and nothing is made yet.
 
 A sweep's jobs are expanded as Hydra's BasicSweeper expands them (its `split_arguments`),
 so job numbers and overrides are the ones the sweep would run. Composing costs a quarter of
@@ -25,11 +25,11 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
 from hydra.errors import HydraException, MissingConfigException, OverrideParseException
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from mnist_exp.config.kinds import Section
 from mnist_exp.config.preflight import check_fits_memory
-from mnist_exp.config.schema import Config, parse_config
+from mnist_exp.config.schema import Config, EvaluationConfig, parse_config
 from mnist_exp.errors import ConfigError, UserError, first_line
 
 S = TypeVar("S", bound=Section)
@@ -88,6 +88,22 @@ def _composed(overrides: list[str], schema: type[S], config_name: str) -> S:
     return parse_config(cfg, schema)
 
 
+def check_evaluation(overrides: list[str]) -> EvaluationConfig:
+    """The evaluate command's config, composed and validated as a run's is; a missing
+    model_uri is named as such."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        try:
+            cfg = compose("evaluate", overrides=overrides)
+        except HydraException as e:
+            raise hydra_mistake(e, overrides, lambda o: _composed(o, EvaluationConfig,
+                                                                  "evaluate")) from None
+    if OmegaConf.is_missing(cfg, "model_uri"):
+        raise ConfigError("model_uri: missing; name the model to evaluate: model_uri=<a run "
+                          "id | a logged-model id m-... | runs:/<run id>/model | "
+                          "models:/<name>@<alias>>")
+    return parse_config(cfg, EvaluationConfig)
+
+
 @dataclass
 class SweepPlan:
     """What a sweep will run: a grid's jobs, each its overrides, or an Optuna search."""
@@ -141,7 +157,7 @@ def plan_sweep(overrides: list[str]) -> SweepPlan:
             searched, fixed, jobs = _search_ends(given)
             plan = SweepPlan(sweeper, probe, searched=searched, fixed=fixed)
             for job in jobs:
-                checker.check(job, lambda e, job=job: _search_mistake(job, jobs[0], e))
+                checker.check(job, lambda e, job=job: _search_mistake(job, searched, e))
         elif sweeper == BASIC:
             try:
                 [jobs] = BasicSweeper.split_arguments(
@@ -186,9 +202,11 @@ def _job_mistake(n: int, job: list[str], swept: set[str], e: UserError) -> Confi
     return ConfigError(f"job {n} ({' '.join(shown)}): {e}; no job was started")
 
 
-def _search_mistake(job: list[str], base: list[str], e: UserError) -> ConfigError:
-    varied = [o for o in job if o not in base]
-    where = f"the search space reaches {' '.join(varied)}" if varied else "every trial"
+def _search_mistake(job: list[str], searched: dict[str, str], e: UserError) -> ConfigError:
+    """The line for a refused config of a search: the searched value it is about, if any."""
+    key = str(e).partition(":")[0]
+    value = next((o for o in job if o.partition("=")[0] == key), None)
+    where = f"the search space reaches {value}" if key in searched else "every trial"
     return ConfigError(f"hydra.sweeper.params: {where}: {e}; no trial was started")
 
 
