@@ -1,15 +1,17 @@
 """Command-line entry point: `python -m mnist_exp.evaluate model_uri=<model> [data=...]`.
 
 Scores a logged model (a run id, m-..., runs:/..., models:/<name>@<alias>) on a test set
-and records an evaluation run linked to it (evaluation_run.py does the work). Hydra
+and records an evaluation run linked to it (jobs/evaluation.py does the work). Hydra
 composes conf/evaluate.yaml from the same `data` and `tracking` groups as training; with
-no data given, the training run's data settings and seed are used.
+no data= given, the training run's data settings and seed are used, with any data.<key>=
+given changed. The overrides are checked, as a run's are, before TensorFlow is imported.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -17,11 +19,13 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from mnist_exp.cli.checks import CONF_DIR, check_evaluation
 from mnist_exp.cli.native_log import quiet_native_startup
 from mnist_exp.cli.process_exit import exit_after
-from mnist_exp.cli.run import CONF_DIR, interrupt, print_run_link
+from mnist_exp.cli.run import HYDRA_FLAGS, interrupt, print_run_link
 from mnist_exp.config.schema import EvaluationConfig, parse_config
 from mnist_exp.errors import UserError, exit_with
+from mnist_exp.tracking.store import check_reachable, resolve_tracking_uri
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="evaluate")
@@ -54,7 +58,16 @@ def evaluation(cfg: DictConfig) -> float:
 
 
 def main() -> None:
+    """Check the overrides and the tracking store (a second, before TensorFlow is imported),
+    then hand over to Hydra."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # stderr is ours
+    args = sys.argv[1:]
+    if not {a.split("=")[0] for a in args if a.startswith("-")} & set(HYDRA_FLAGS):
+        try:
+            config = check_evaluation(args)
+            check_reachable(resolve_tracking_uri(config.tracking.uri, Path.cwd()))
+        except UserError as e:
+            exit_with(e)
     signal.signal(signal.SIGTERM, interrupt)
     evaluation()
 

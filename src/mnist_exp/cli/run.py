@@ -47,8 +47,8 @@ log = logging.getLogger("mnist_exp")
 # choice) asks for the model-training one: the printed link asks.
 TRAINING_VIEW = "workflowType=machine_learning"
 
-_HYDRA_FLAGS = ("-m", "--multirun", "-h", "--help", "--hydra-help", "-c", "--cfg", "-i", "--info",
-                "--shell-completion", "-sc", "-p", "--package", "--resolve")
+HYDRA_FLAGS = ("-m", "--multirun", "-h", "--help", "--hydra-help", "-c", "--cfg", "-i", "--info",
+               "--shell-completion", "-sc", "-p", "--package", "--resolve")
 
 
 def main() -> None:
@@ -60,11 +60,11 @@ def main() -> None:
     flags = {a.split("=")[0] for a in args if a.startswith("-")}
     multirun = bool(flags & {"-m", "--multirun"})
     try:
-        if not flags & set(_HYDRA_FLAGS):
+        if not flags & set(HYDRA_FLAGS):
             check_overrides(args)
-        elif multirun and not flags & (set(_HYDRA_FLAGS) - {"-m", "--multirun"}):
+        elif multirun and not flags & (set(HYDRA_FLAGS) - {"-m", "--multirun"}):
             check_sweep([a for a in args if a not in ("-m", "--multirun")])
-        if not flags & (set(_HYDRA_FLAGS) - {"-m", "--multirun"}):
+        if not flags & (set(HYDRA_FLAGS) - {"-m", "--multirun"}):
             check_output_dir(args, multirun=multirun)
     except UserError as e:
         exit_with(e)

@@ -46,7 +46,8 @@ from mnist_exp.errors import ConfigError, first_line
 
 __all__ = [  # every section stays importable from here, where its callers look for it
     "MODELS", "OPTIMIZERS", "AdamConfig", "AdamWConfig", "AugmentConfig", "CNNConfig", "Config",
-    "DataConfig", "EarlyStoppingConfig", "EvaluationConfig", "EvaluationTrackingConfig",
+    "DataConfig", "EarlyStoppingConfig", "EvaluationConfig", "EvaluationData",
+    "EvaluationTrackingConfig",
     "LRScheduleConfig", "MLPConfig", "ModelConfig", "OptimizerConfig", "RMSpropConfig",
     "SGDConfig", "Section", "TrackingConfig", "TrainerConfig", "parse_config", "to_dict",
 ]
@@ -81,16 +82,49 @@ class Config(Section):
         return self
 
 
+DatasetName = DataConfig.model_fields["name"].annotation
+
+
+class EvaluationData(DataConfig):
+    """The data evaluate scores on: a dataset chosen whole (data=fashion_mnist), or, with no
+    data= given, the training run's data settings with only the keys given changed
+    (data.path=<folder>: that folder, under the training run's dataset name)."""
+
+    name: DatasetName | None = Field(  # type: ignore[valid-type]
+        None, description="null: the training run's dataset, with the other keys given changed")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _only_the_keys_given(cls, raw: Any) -> Any:
+        if isinstance(raw, dict) and raw.get("name") is None:
+            return {k: v for k, v in raw.items() if v is not None}
+        return raw
+
+    def over(self, trained: DataConfig | None) -> DataConfig | None:
+        """The data settings to use, given the training run's (None: no training run)."""
+        if self.name is not None:
+            return DataConfig.model_validate(self.model_dump())
+        if trained is None:
+            return None
+        return DataConfig.model_validate(
+            {**trained.model_dump(), **self.model_dump(include=self.model_fields_set)})
+
+
 class EvaluationConfig(Section):
     """python -m mnist_exp.evaluate: a logged model scored on a test set."""
 
     model_uri: Name = Field(description="a run id, a logged-model id (m-...) or a model URI "
                                         "(runs:/<run id>/model, models:/<name>@<alias>)")
-    data: DataConfig | None = Field(None, description="null: the training run's data settings")
+    data: EvaluationData = Field(default_factory=EvaluationData, description="none of its "
+                                 "keys given: the training run's data settings")
     seed: StrictInt | None = Field(None, ge=0, lt=2**32, description="draws the "
                                    "data.max_*_samples samples; null: the training run's "
                                    "trainer.seed")
     tracking: EvaluationTrackingConfig
+
+    def data_over(self, trained: DataConfig | None) -> DataConfig | None:
+        """The data settings to score on, given the training run's (None if neither says)."""
+        return self.data.over(trained)
 
 
 S = TypeVar("S", bound=Section)

@@ -61,7 +61,7 @@ def run_evaluation(config: EvaluationConfig, overrides: tuple[str, ...] = (),
     model, model_uri = load_model(config.model_uri, mlflow.keras.load_model)
     info = mlflow.models.get_model_info(model_uri)
     trained = training_config(info.run_id)
-    d = config.data or (trained.data if trained else None)
+    d = config.data_over(trained.data if trained else None)
     if d is None:
         raise ConfigError(f"{model_uri} has no training run to take the data from; "
                           "name it: data=mnist (or fashion_mnist, mnist_sample)")
