@@ -121,11 +121,12 @@ def test_a_trial_worse_than_the_median_is_pruned_and_keeps_what_it_reached(mini,
 
 
 def test_a_resumed_grid_sweep_skips_finished_jobs_and_reruns_failed_ones(mini, tmp_path):
-    later = tmp_path / "later"  # data that appears only after the first try
+    later = tmp_path / "later"  # a folder whose data appears only after the first try
+    later.mkdir()
     command = ("-m", f"data.path={mini},{later}", *ONE_EPOCH, "hydra.sweep.dir=sweep")
     first = run_module("mnist_exp.run", *command, cwd=tmp_path)
     assert first.returncode == 2 and "1 job(s) failed" in first.stderr  # a mistake: exit 2
-    shutil.copytree(mini, later)
+    shutil.copytree(mini, later, dirs_exist_ok=True)
     again = run_module("mnist_exp.run", *command, "hydra.callbacks.mlflow_sweep.resume=true",
                        cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
