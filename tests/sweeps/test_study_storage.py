@@ -95,7 +95,7 @@ def test_a_parallel_search_on_a_journal_file_continues_where_it_stopped(tmp_path
     assert all(t.intermediate_values for t in study.trials)  # each job reported its epoch
     assert len({str(t.params) for t in study.trials}) == 6
     assert not (tmp_path / "optuna.db").exists()
-    _, parents, children = sweep_runs(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    _, parents, children = sweep_runs(f"sqlite:///{tmp_path / 'mlflow.db'}", "mnist_sample")
     per_parent = sorted(sum(c.data.tags["mlflow.parentRunId"] == p.info.run_id
                             for c in children) for p in parents)
     assert per_parent == [2, 4]  # the second search ran only the 2 trials still missing
@@ -122,9 +122,10 @@ def postgres():
 @pytest.mark.slow
 def test_a_parallel_search_keeps_its_study_in_postgresql(tmp_path, postgres):
     server = f"postgresql://{postgres['server']}"
-    with psycopg2.connect(f"{server}/postgres") as db:
-        db.autocommit = True  # CREATE DATABASE refuses to run in a transaction
-        db.cursor().execute("CREATE DATABASE optuna")
+    db = psycopg2.connect(f"{server}/postgres")
+    db.autocommit = True  # CREATE DATABASE refuses to run in a transaction
+    db.cursor().execute("CREATE DATABASE optuna")
+    db.close()
     result = run_module("mnist_exp.run", *SEARCH, f"hydra.sweeper.storage={server}/optuna",
                         "hydra.sweeper.n_trials=2", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
