@@ -35,7 +35,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 FASHION = Path("/usr/share/datasets/fashion-mnist")
-SAMPLE = ROOT / "src" / "mnist_exp" / "datasets" / "mnist_sample"
+SAMPLE = ROOT / "src" / "mnist_exp" / "data" / "mnist_sample"
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
 
 
