@@ -104,8 +104,9 @@ def test_exit_with_prints_the_line_and_exits_with_the_code(capsys):
     assert capsys.readouterr().err == "mnist-exp: error: a mistake\n"
 
 
-def test_only_exit_with_writes_the_error_prefix():
-    """A second place that writes `mnist-exp: error:` would be a second road for errors."""
+def test_only_errors_report_writes_the_error_prefix():
+    """A second place that writes `mnist-exp: error:` would be a second road for errors
+    (exit_with, and sync's line per record, both go through report)."""
     prefix = "mnist-exp: error:"
     errors_py = ROOT / "src" / "mnist_exp" / "errors.py"
     assert [p for p in sorted((ROOT / "src").rglob("*.py")) if prefix in p.read_text()] == [
@@ -114,4 +115,4 @@ def test_only_exit_with_writes_the_error_prefix():
     writers = [f.name for f in ast.walk(ast.parse(errors_py.read_text()))
                if isinstance(f, ast.FunctionDef) and any(
                    isinstance(n, ast.Constant) and prefix in str(n.value) for n in ast.walk(f))]
-    assert writers == ["exit_with"]
+    assert writers == ["report"]

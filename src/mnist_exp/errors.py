@@ -115,8 +115,13 @@ def describe(error: BaseException, log_file: Path | None = None) -> tuple[str, i
             "HYDRA_FULL_ERROR=1 prints it here)"), 1
 
 
+def report(message: str) -> None:
+    """An error line on stderr, for a command that goes on after it (sync: one per record)."""
+    print(f"mnist-exp: error: {message}", file=sys.stderr)
+
+
 def exit_with(error: BaseException, log_file: Path | None = None) -> NoReturn:
     """End a command the way `describe` says: its line on stderr, its exit code."""
     message, code = describe(error, log_file)
-    print(f"mnist-exp: error: {message}", file=sys.stderr)
+    report(message)
     raise SystemExit(code)

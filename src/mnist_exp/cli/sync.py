@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 from mnist_exp.cli.process_exit import exit_after
@@ -23,6 +22,7 @@ from mnist_exp.errors import (
     UserError,
     describe,
     exit_with,
+    report,
 )
 from mnist_exp.tracking.record import DAMAGE_TAG, EVENTS, RunRecord
 
@@ -109,7 +109,7 @@ class _Outcome:
     def show(self) -> int:
         """Print each record's error line (once); the exit status of the first."""
         for message, _code in self.errors:
-            print(f"mnist-exp: error: {message}", file=sys.stderr)
+            report(message)
         code = self.errors[0][1] if self.errors else 0
         self.errors = []
         return code
