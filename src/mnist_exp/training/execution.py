@@ -102,9 +102,11 @@ def prepare_model(config: Config, data: Dataset,
     exactly as a run trains it; with `reuse`, the kept model of an earlier job in this
     process holding this one's state (kept_models.py)."""
     t = config.trainer
-    plan = plan_for(config, data.x_train.shape, data.x_val.shape)
     setup_runtime(t.seed, t.deterministic, t.threads)
     compile_cache.use(compile_cache.folder_for(t.compile_cache, t.compile_cache_dir))
+    # Only now: the plan asks TensorFlow for its devices, which fixes the XLA flags (the
+    # cache folder above) for the whole process.
+    plan = plan_for(config, data.x_train.shape, data.x_val.shape)
     model = build_model(config.model, num_classes=len(data.class_names),
                         normalization=config.data.normalization, train_images=data.x_train)
     compile_model(model, config.optimizer, label_smoothing=t.label_smoothing,
