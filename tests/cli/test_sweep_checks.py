@@ -4,8 +4,6 @@ Its jobs can be listed without running them (hydra.callbacks.mlflow_sweep.list_j
 
 from __future__ import annotations
 
-import time
-
 import pytest
 from hydra import compose, initialize_config_dir
 
@@ -73,15 +71,12 @@ def test_an_optuna_search_lists_its_space(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_hundreds_of_jobs_are_checked_in_seconds():
+def test_every_job_of_a_large_grid_is_checked():
+    """300 jobs, each checked (how long it takes is the docs' figure, not an assert)."""
     overrides = ["model=mlp,cnn", "optimizer=adam,sgd", "optimizer.learning_rate=range(1,6)",
                  "model.dropout=0.0,0.1,0.2,0.3,0.4", "trainer.batch_size=32,64,128"]
-    start = time.perf_counter()
     plan = plan_sweep(overrides)
-    took = time.perf_counter() - start
     assert len(plan.jobs) == plan.checked == 300
-    # Hydra's compose for each job would take over a minute; a loaded CI machine has margin.
-    assert took < 30, f"{took:.1f} s"
 
 
 @pytest.mark.parametrize("job", [
