@@ -130,3 +130,18 @@ def sweep_runs(uri: str, experiment: str = "mnist"):
     parents = [r for r in runs if r.data.tags.get("mnist_exp.sweep") == "parent"]
     children = [r for r in runs if r not in parents]
     return client, parents, children
+
+
+def prepared(mini: Path, samples: int, epochs: int, *overrides: str):
+    """A run's config, data and compiled model, as a run prepares them, on the first
+    `samples` shipped digits (a fifth held out for validation): for tests of fit itself."""
+    from mnist_exp.config.schema import parse_config
+    from mnist_exp.data.load import load_dataset
+    from mnist_exp.training.execution import prepare_model
+
+    config = parse_config(compose_config(f"data.path={mini}", f"data.max_train_samples={samples}",
+                                         f"trainer.epochs={epochs}", *overrides))
+    data = load_dataset("mnist", str(mini), validation_split=0.2, seed=config.trainer.seed,
+                        max_train_samples=samples)
+    model, plan = prepare_model(config, data)
+    return config, data, model, plan

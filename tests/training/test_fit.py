@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from helpers import compose_config
+from helpers import compose_config, prepared
 from mnist_exp.config.schema import AdamConfig, MLPConfig, parse_config
 from mnist_exp.data.load import load_dataset, load_idx_folder
 from mnist_exp.evaluation.scoring import score
@@ -59,13 +59,8 @@ def test_a_fused_chunk_makes_the_same_updates_as_batch_by_batch(mini, config):
 
 def _train(mini, *overrides, callbacks=(), backup_dir=None):
     # 3010 samples: 2408 to train on, 75 batches of 32 and one of 8 (a smaller last batch)
-    config = parse_config(compose_config(f"data.path={mini}", "data.max_train_samples=3010",
-                                         "trainer.epochs=3", *overrides))
-    t = config.trainer
-    data = load_dataset("mnist", str(mini), validation_split=0.2, seed=t.seed,
-                        max_train_samples=3010)
-    model, plan = prepare_model(config, data)
-    history = fit(model, data, t, plan, learning_rate=config.optimizer.learning_rate,
+    config, data, model, plan = prepared(mini, 3010, 3, *overrides)
+    history = fit(model, data, config.trainer, plan, learning_rate=config.optimizer.learning_rate,
                   callbacks=callbacks, verbose=0, backup_dir=backup_dir)
     return history, model, data
 

@@ -7,10 +7,7 @@ import re
 
 import pytest
 
-from helpers import compose_config
-from mnist_exp.config.schema import parse_config
-from mnist_exp.data.load import load_dataset
-from mnist_exp.training.execution import prepare_model
+from helpers import prepared
 from mnist_exp.training.fit import EpochClock, fit
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -20,12 +17,8 @@ def _printed_fit(mini, capfd, verbose, *overrides):
     """Fit 600 digits (480 to train on: 15 batches of 32) for 2 epochs; the path taken, the
     number of batches, what fit printed (without the terminal's colours), and how long each
     epoch took."""
-    config = parse_config(compose_config(f"data.path={mini}", "data.max_train_samples=600",
-                                         "trainer.epochs=2", *overrides))
+    config, data, model, plan = prepared(mini, 600, 2, *overrides)
     t = config.trainer
-    data = load_dataset("mnist", str(mini), validation_split=0.2, seed=t.seed,
-                        max_train_samples=600)
-    model, plan = prepare_model(config, data)
     clock = EpochClock()
     capfd.readouterr()
     fit(model, data, t, plan, learning_rate=config.optimizer.learning_rate, verbose=verbose,
