@@ -10,6 +10,7 @@ from hydra import compose, initialize_config_dir
 from helpers import own_lines, run_module
 from mnist_exp.cli.checks import CONF_DIR, _JobChecker, plan_sweep
 from mnist_exp.config.schema import parse_config
+from mnist_exp.sweeps.study import ALLOWED
 
 # (the sweep's overrides, the line it must end with, after "mnist-exp: error: ")
 MISTAKES = [
@@ -90,3 +91,17 @@ def test_a_checked_job_is_the_config_hydra_composes(job):
     to a copy) gives exactly the config Hydra composes for the job."""
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         assert _JobChecker().config(job) == parse_config(compose("config", job))
+
+
+def test_a_study_storage_that_names_none_stops_the_search_before_anything_is_made(tmp_path):
+    """The sweeper's own line (sweeps.study.resolve_storage), before the sweep's parent run,
+    its folder or a tracking store exist: until the check came first, mlflow.db and a
+    KILLED parent run were left behind."""
+    result = run_module("mnist_exp.run", "-m", "hparams_search=optuna",
+                        "hydra.sweeper.storage=mongodb://me:hunter2@db/optuna",
+                        "hydra.sweep.dir=sweep", cwd=tmp_path, timeout=120)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert own_lines(result.stderr) == [
+        f"mnist-exp: error: hydra.sweeper.storage=mongodb://me:***@db/optuna: not a study "
+        f"storage; allowed: {ALLOWED}"]
+    assert list(tmp_path.iterdir()) == []  # no mlflow.db, no sweep folder, no study

@@ -27,6 +27,7 @@ from hydra.core.override_parser.types import Override
 from hydra.errors import HydraException, MissingConfigException, OverrideParseException
 from omegaconf import DictConfig, OmegaConf
 
+from mnist_exp.cli.search_checks import check_study_storage, search_ends, search_mistake
 from mnist_exp.config.kinds import Section
 from mnist_exp.config.preflight import check_fits_memory
 from mnist_exp.config.schema import Config, EvaluationConfig, parse_config
@@ -154,10 +155,11 @@ def plan_sweep(overrides: list[str]) -> SweepPlan:
         params = [f"{k}={v}" for k, v in (probe.sweeper.get("params") or {}).items()]
         given = [*params, *(o.input_line for o in task)]
         if sweeper == OPTUNA:
-            searched, fixed, jobs = _search_ends(given)
+            check_study_storage(probe.sweeper)
+            searched, fixed, jobs = search_ends(given)
             plan = SweepPlan(sweeper, probe, searched=searched, fixed=fixed)
             for job in jobs:
-                checker.check(job, lambda e, job=job: _search_mistake(job, searched, e))
+                checker.check(job, lambda e, job=job: search_mistake(job, searched, e))
         elif sweeper == BASIC:
             try:
                 [jobs] = BasicSweeper.split_arguments(
@@ -200,49 +202,6 @@ def _swept_keys(jobs: list[list[str]]) -> set[str]:
 def _job_mistake(n: int, job: list[str], swept: set[str], e: UserError) -> ConfigError:
     shown = [o for o in job if o.partition("=")[0] in swept] or job
     return ConfigError(f"job {n} ({' '.join(shown)}): {e}; no job was started")
-
-
-def _search_mistake(job: list[str], searched: dict[str, str], e: UserError) -> ConfigError:
-    """The line for a refused config of a search: the searched value it is about, if any."""
-    key = str(e).partition(":")[0]
-    value = next((o for o in job if o.partition("=")[0] == key), None)
-    where = f"the search space reaches {value}" if key in searched else "every trial"
-    return ConfigError(f"hydra.sweeper.params: {where}: {e}; no trial was started")
-
-
-def _search_ends(given: list[str]) -> tuple[dict[str, str], list[str], list[list[str]]]:
-    """An Optuna search space (the sweeper's own parsing) as configs to check: the fixed
-    values with every searched key at its first choice or low end, then each other choice
-    and each high end in turn."""
-    from hydra_plugins.mnist_exp_optuna.space import as_override, parse_params
-
-    try:
-        space, fixed = parse_params(given)
-    except Exception as e:  # e.g. a log range from 0: Optuna's line names the bound
-        culprit = next((g for g in given if _refused(g)), "")
-        raise ConfigError(f"hydra.sweeper.params: {culprit}: {first_line(e)}") from None
-    ends = {key: list(d.choices) if hasattr(d, "choices") else [d.low, d.high]
-            for key, d in space.items()}
-    pinned = [f"{k}={v}" for k, v in fixed.items()]
-    base = [*(as_override(k, v[0]) for k, v in ends.items()), *pinned]
-    jobs = [base]
-    for key, values in ends.items():
-        for value in values[1:]:
-            jobs.append([as_override(key, value) if o.partition("=")[0] == key else o
-                         for o in base])
-    searched = {key: next(g for g in reversed(given) if g.partition("=")[0] == key)
-                .partition("=")[2] for key in space}
-    return searched, pinned, jobs
-
-
-def _refused(override: str) -> bool:
-    from hydra_plugins.mnist_exp_optuna.space import parse_params
-
-    try:
-        parse_params([override])
-    except Exception:
-        return True
-    return False
 
 
 class _JobChecker:

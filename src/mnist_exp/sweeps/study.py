@@ -70,6 +70,20 @@ def resolve_storage(configured: str | None, launch_dir: Path) -> str:
                       f"allowed: {ALLOWED}")
 
 
+def check_storage(configured: str | None, launch_dir: Path) -> str:
+    """resolve_storage, and the driver a database server needs installed: what the sweeper
+    will open, checked before the sweep's parent run or any folder is made (cli/checks)."""
+    url = resolve_storage(configured, launch_dir)
+    _with_driver(url)
+    return url
+
+
+def study_key(name: str, url: str) -> str:
+    """A study as its searches' parent runs name it (liveness.STUDY_TAG): its name and
+    storage, the password hidden; a resumed search finds the earlier ones by it."""
+    return f"{name} in {redact(url)}"
+
+
 def open_storage(url: str) -> Any:
     """The storage `url` names (resolve_storage's answer), ready for several processes to
     write at once (see the module's note)."""
