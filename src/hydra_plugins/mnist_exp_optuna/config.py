@@ -32,7 +32,9 @@ class OptunaSweeperConf:
     # a database server. Relative paths: from the launch folder (mnist_exp.sweeps.study)
     storage: str | None = None
     n_trials: int = 20  # in all: trials finished by earlier runs of the study count
-    n_jobs: int = 1  # trials launched together (a parallel launcher runs them at once)
+    # workers: trials running at once, each worker starting its next trial as soon as its
+    # own has ended (needs a parallel launcher: joblib, SLURM, Ray; workers.py)
+    n_jobs: int = 1
     sampler: SamplerConf = field(default_factory=SamplerConf)
     pruner: PrunerConf = field(default_factory=PrunerConf)
     params: dict[str, Any] | None = None

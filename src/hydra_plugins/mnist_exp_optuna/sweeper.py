@@ -1,12 +1,13 @@
 """Optuna search as a Hydra sweeper, on Optuna's ask/tell API.
 
-Only this process touches the study's trials: it asks for a batch of n_jobs trials,
-launches them as Hydra jobs (in turn, or at once with a parallel launcher), and tells each
-one's end. A trial that answers NaN, raises, or is refused by the config schema is told
-FAIL with its reason and the search goes on; one that the pruner stopped is told PRUNED.
-The study is kept in a storage that outlives the search (a SQLite file, a journal file or
-PostgreSQL: mnist_exp.sweeps.study), so the same command again continues it: finished
-trials count toward n_trials and are not run again.
+Only this process touches the study's trials. Each of n_jobs workers (workers.py) asks the
+study for a trial, launches it as one Hydra job and tells its end, then asks for the next:
+no worker waits for another's trial. The study never holds more than n_trials (those
+running included). A trial that answers NaN, raises, or is refused by the config schema
+is told FAIL with its reason and the search goes on; one that the pruner stopped is told
+PRUNED. The study is kept in a storage that outlives the search (a SQLite file, a journal
+file or PostgreSQL: mnist_exp.sweeps.study), so the same command again continues it:
+finished trials count toward n_trials and are not run again.
 
 Each job learns its trial's id from the environment variable MNIST_EXP_OPTUNA_TRIAL, set
 through the override hydra.job.env_set.<name>: a Hydra setting, so it reaches a job in any
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,7 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig
 
+from hydra_plugins.mnist_exp_optuna.workers import Job, run_workers, worker_count
 from mnist_exp.errors import ConfigError, exit_with, first_line, redact
 
 log = logging.getLogger(__name__)
@@ -51,9 +54,8 @@ class OptunaSweeper(Sweeper):
         import optuna
 
         from hydra_plugins.mnist_exp_optuna import results
-        from hydra_plugins.mnist_exp_optuna.space import as_override, parse_params
+        from hydra_plugins.mnist_exp_optuna.space import parse_params
         from mnist_exp.sweeps.study import (
-            TRIAL_ENV,
             cluster_note,
             make_pruner,
             make_sampler,
@@ -80,26 +82,59 @@ class OptunaSweeper(Sweeper):
         done = _counted(study)
         log.info("Optuna study %r in %s: %d of %d trials done%s", self.study_name, url, done,
                  self.n_trials, "; continuing it" if done else "")
-        job = 0
-        while (to_go := self.n_trials - _counted(study)) > 0:
-            try:
-                trials = [study.ask(space) for _ in range(min(self.n_jobs, to_go))]
-            except ValueError as e:  # e.g. other choices than the study's earlier trials had
-                exit_with(ConfigError(f"study {self.study_name!r} in {url}: {e} (its search "
-                                      "space changed: start a new study with "
-                                      "hydra.sweeper.study_name=...)"))
-            trials = [t for t in trials if not _told_as_duplicate(study, t)]
-            if not trials:
-                continue
-            overrides = [(*(as_override(k, v) for k, v in t.params.items()),
-                          *(f"{k}={v}" for k, v in fixed.items()),
-                          f"++hydra.job.env_set.{TRIAL_ENV}={t._trial_id}")
-                         for t in trials]
-            returns = self.launcher.launch(overrides, initial_job_idx=job)
-            job += len(returns)
-            for trial, ret in zip(trials, returns, strict=True):
-                _tell(study, trial, ret)
+        search = Search(study, space, fixed, self.n_trials,
+                        where=f"study {self.study_name!r} in {url}")
+        workers = worker_count(self.launcher, self.n_jobs)
+        if workers > 1:
+            log.info("%d workers: each starts the next trial as soon as its own has ended",
+                     workers)
+        try:
+            run_workers(search.next_job, search.finish, self.launcher, workers)
+        except ConfigError as e:
+            exit_with(e)
         results.record(study, self.sweep_dir)
+
+
+class Search:
+    """The study's side of a search, shared by its workers: the next trial's job while the
+    study holds fewer than n_trials (running ones included), and each trial's end. One lock
+    around both: a duplicate's check reads the study, then tells it, and the count of
+    running trials must match what the study holds."""
+
+    def __init__(self, study: Any, space: dict[str, Any], fixed: dict[str, str],
+                 n_trials: int, where: str) -> None:
+        self.study, self.space, self.fixed, self.n_trials = study, space, fixed, n_trials
+        self.where = where  # the study and its storage, for an error's line
+        self.lock = threading.Lock()
+        self.running = 0
+        self.jobs = 0  # Hydra job numbers handed out: each job its own folder
+
+    def next_job(self) -> Job | None:
+        """The next trial as a job, or None once the study holds n_trials."""
+        from hydra_plugins.mnist_exp_optuna.space import as_override
+        from mnist_exp.sweeps.study import TRIAL_ENV
+
+        with self.lock:
+            while self.n_trials - _counted(self.study) - self.running > 0:
+                try:
+                    trial = self.study.ask(self.space)
+                except ValueError as e:  # e.g. other choices than the study's trials had
+                    raise ConfigError(f"{self.where}: {e} (its search space changed: start a "
+                                      "new study with hydra.sweeper.study_name=...)") from None
+                if _told_as_duplicate(self.study, trial):
+                    continue
+                overrides = (*(as_override(k, v) for k, v in trial.params.items()),
+                             *(f"{k}={v}" for k, v in self.fixed.items()),
+                             f"++hydra.job.env_set.{TRIAL_ENV}={trial._trial_id}")
+                self.running += 1
+                self.jobs += 1
+                return Job(self.jobs - 1, overrides, trial)
+            return None
+
+    def finish(self, job: Job, ret: JobReturn) -> None:
+        with self.lock:
+            self.running -= 1
+            _tell(self.study, job.trial, ret)
 
 
 def _tell(study: Any, trial: Any, ret: JobReturn) -> None:

@@ -5,6 +5,7 @@ server was away at its end (it leaves SUMMARY_PENDING in its folder).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from mnist_exp.errors import JobsFailed, ServerDown
@@ -14,6 +15,36 @@ from mnist_exp.tracking.store import SweepInfo
 
 CHAMPION = "champion"
 SUMMARY_PENDING = "SUMMARY_PENDING"  # the sweep ended while its server was away
+
+
+@dataclass(frozen=True)
+class Utilisation:
+    """How busy a sweep kept its workers: the jobs' run time over workers x wall."""
+
+    workers: int  # the most jobs that ran at once
+    busy: float  # seconds: the jobs' runs, summed
+    wall: float  # seconds: from the first job's start to the last job's end
+
+    @property
+    def share(self) -> float:
+        return self.busy / (self.workers * self.wall)
+
+
+def utilisation(spans: list[tuple[int | None, int | None]]) -> Utilisation | None:
+    """The utilisation of jobs that ran over `spans` (start, end in ms, as MLflow keeps a
+    run's times); None without two distinct times. Time a worker spends between its jobs
+    (waiting for a batch's slowest, launching, setting up) is what it lowers."""
+    done = [(s, e) for s, e in spans if s is not None and e is not None and e >= s]
+    if not done:
+        return None
+    wall = max(e for _, e in done) - min(s for s, _ in done)
+    if wall <= 0:
+        return None
+    running = peak = 0  # at equal times a job's end comes before the next one's start
+    for _, step in sorted([(s, 1) for s, _ in done] + [(e, -1) for _, e in done]):
+        running += step
+        peak = max(peak, running)
+    return Utilisation(peak, sum(e - s for s, e in done) / 1000, wall / 1000)
 
 
 def finish_sweep(info: SweepInfo, sweep_dir: Path, registered: str | None) -> JobsFailed | None:
@@ -44,22 +75,31 @@ def _finish(info: SweepInfo, sweep_dir: Path, registered: str | None) -> JobsFai
     # A job can fail before its run exists (e.g. a bad value in the sweep): each failed
     # job leaves a FAILED file in its folder (failures.py).
     failed = len(list(sweep_dir.glob(f"*/{FAILED}")))
+    jobs = client.search_runs([info.experiment_id],
+                              f"tags.`mlflow.parentRunId` = '{info.parent_run_id}'",
+                              max_results=50000)
+    # A resumed sweep's earlier try is apart in time from this one: no utilisation of both.
+    use = None if info.resumed else utilisation([(r.info.start_time, r.info.end_time)
+                                                 for r in jobs])
     client.log_text(info.parent_run_id, report.to_markdown(rows, keys), "sweep_ranking.md")
     client.log_figure(info.parent_run_id, report.plot_comparison(rows, keys),
                       "sweep_comparison.png")
     client.log_metric(info.parent_run_id, "jobs", len(rows) + failed
                       - sum(r.status == "FAILED" for r in rows))
     client.log_metric(info.parent_run_id, "failed_jobs", failed)
+    if use is not None:
+        client.log_metric(info.parent_run_id, "worker_utilisation", use.share)
+        client.log_metric(info.parent_run_id, "workers", use.workers)
     best = rows[0] if rows and rows[0].val_accuracy is not None else None
     if best is not None:
         _record_best(client, info, best, report.describe(best, keys), registered)
     client.set_terminated(info.parent_run_id, "FINISHED" if best else "FAILED")
     (sweep_dir / SUMMARY_PENDING).unlink(missing_ok=True)
-    pruned = len(client.search_runs(
-        [info.experiment_id], f"tags.`mlflow.parentRunId` = '{info.parent_run_id}' and "
-        f"tags.`{PRUNED_TAG}` = 'true'"))
+    pruned = sum(r.data.tags.get(PRUNED_TAG) == "true" for r in jobs)
+    busy = (f"{use.workers} worker{'s' * (use.workers > 1)} busy {use.share:.0%} of "
+            f"{use.wall:.0f} s; " if use is not None else "")
     print(f"\nSweep {info.sweep_id}: {sum(r.status == 'FINISHED' for r in rows)} jobs finished"
-          f"{f' ({pruned} pruned by Optuna)' if pruned else ''}, {failed} failed; "
+          f"{f' ({pruned} pruned by Optuna)' if pruned else ''}, {failed} failed; {busy}"
           f"ranking and plot on MLflow run {info.parent_run_id}")
     if best is not None:
         print(f"Best by validation accuracy ({best.val_accuracy:.4f}; test "
