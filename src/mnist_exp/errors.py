@@ -72,6 +72,17 @@ class NotUploaded(ServerAway):
         self.folder = folder
 
 
+class StoreRefused(UserError):
+    """The tracking store answered and refused a record's event: its credentials, a run or
+    experiment it lacks, a value, or it is no MLflow store at all. Sending it again as it is
+    would be refused again, so none of it counts as uploaded and the record is kept whole
+    until the user has changed what the line says (exit 2: a fix, not a wait as for 3)."""
+
+    def __init__(self, message: str, whole_store: bool = False) -> None:
+        super().__init__(message)
+        self.whole_store = whole_store  # refused whatever is sent: no other record is tried
+
+
 class JobsFailed(UserError):
     """Jobs of a sweep failed: the sweep ends as its first failed job would have alone."""
 

@@ -4,9 +4,11 @@ A tracking server can restart, crash or drop off the network mid-run; what a run
 must not depend on it being there. Each event (params, tags, a step's metrics, a dataset
 input, an artifact, the model, the end) is appended to `events.jsonl` in the run's own
 folder before it is uploaded, with the files it names copied beside it; `uploaded` counts
-the events the server has. Uploading (upload.py) replays the events past that count, so
-the same replay serves a live run, a server that came back, and `python -m mnist_exp.sync`.
-Once everything is uploaded the copies of files are removed; the journal stays.
+the events its store has (ledger.py). Uploading (upload.py) replays the events past that
+count, so the same replay serves a live run, a server that came back, and
+`python -m mnist_exp.sync`. Once its own store has everything the copies of files are
+removed; the journal stays. A value a store would refuse by its nature (a param too long)
+is recorded cut to fit, and kept whole as an artifact (limits.py).
 
 A journal cut by a power loss (a half-written last line) or damaged on disk is read up to
 its first unreadable line; `repair` keeps the events before it, ends the run FAILED with a
@@ -19,13 +21,13 @@ import fcntl
 import json
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mnist_exp.errors import DataError
+from mnist_exp.tracking.ledger import Ledger, copies, same_store, write_atomic
+from mnist_exp.tracking.limits import fitted
 
 RECORD_DIR = "mlflow_record"
 EVENTS = "events.jsonl"
@@ -55,6 +57,7 @@ class RunRecord:
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
+        self.own = Ledger(folder)  # what the store the run was recorded for has of it
         self.reload()
 
     def reload(self) -> None:
@@ -106,10 +109,11 @@ class RunRecord:
         journal = self.folder / EVENTS
         kept = b"".join(line + b"\n" for line in self._lines)
         os.replace(journal, journal.with_name(f"{EVENTS}.damaged"))
-        self.set_uploaded(min(self.uploaded, len(self._lines)))
+        for ledger in (self.own, *copies(self.folder)):
+            ledger.set_uploaded(min(ledger.uploaded, len(self._lines)))
         if not self._events:
             return
-        _write_atomic(journal, kept.decode())
+        write_atomic(journal, kept.decode())
         last = max((e.get("timestamp") or e.get("start_time") or 0) for e in self._events)
         self.append("tags", values={
             DAMAGE_TAG: damage.tag,
@@ -130,7 +134,17 @@ class RunRecord:
         return cls(candidate)
 
     def append(self, op: str, **fields: Any) -> dict[str, Any]:
-        event = {"op": op, **fields}
+        """Record an event, fitted to what a store takes (limits.py): a value cut to fit is
+        kept whole in an artifact event after it."""
+        fields, whole = fitted(op, fields)
+        event = self._write({"op": op, **fields})
+        for artifact_file, text in whole.items():
+            self.file_for(artifact_file).write_text(text)
+            self._write({"op": "artifact", "file": f"files/{artifact_file}",
+                         "artifact_path": os.path.dirname(artifact_file)})
+        return event
+
+    def _write(self, event: dict[str, Any]) -> dict[str, Any]:
         with (self.folder / EVENTS).open("a") as f:
             f.write(json.dumps(event, default=str) + "\n")
         self._events.append(event)
@@ -142,19 +156,29 @@ class RunRecord:
 
     @property
     def uploaded(self) -> int:
-        """How many events, from the first, the tracking server has."""
-        path = self.folder / "uploaded"
-        try:
-            return int(path.read_text())
-        except (OSError, ValueError):  # none yet, or damaged: replaying is safe to repeat
-            return 0
+        """How many events, from the first, its own store has."""
+        return self.own.uploaded
 
     def set_uploaded(self, count: int) -> None:
-        _write_atomic(self.folder / "uploaded", str(count))
+        self.own.set_uploaded(count)
 
     @property
     def pending(self) -> int:
+        """How many events its own store lacks."""
         return len(self._events) - self.uploaded
+
+    @property
+    def own_uri(self) -> str | None:
+        """The store the run was recorded for (with *** for a password)."""
+        return self._events[0].get("tracking_uri") if self._events else None
+
+    def ledger_for(self, uri: str | None) -> Ledger:
+        """What the store at `uri` has of the record: its own store's ledger, or a copy's.
+        A record from before stores were told apart belongs to any."""
+        own = self.own_uri
+        if uri is None or not own or same_store(uri, own):
+            return self.own
+        return Ledger.of_copy(self.folder, uri)
 
     @property
     def ended(self) -> bool:
@@ -162,21 +186,11 @@ class RunRecord:
 
     @property
     def ids(self) -> dict[str, str]:
-        """The run's (and its logged model's) ids on the server, once it has them."""
-        path = self.folder / "ids.json"
-        if not path.is_file():
-            return {}
-        try:
-            ids = json.loads(path.read_bytes())
-        except ValueError:
-            ids = None
-        if not isinstance(ids, dict):
-            raise DataError(f"{path} is damaged: the run's id on the server is lost; upload "
-                            f"the record to a new run by removing {path.name}")
-        return ids
+        """The run's (and its logged model's) ids in its own store, once it has them."""
+        return self.own.ids
 
     def set_id(self, key: str, value: str) -> None:
-        _write_atomic(self.folder / "ids.json", json.dumps(self.ids | {key: value}))
+        self.own.set_id(key, value)
 
     def file_for(self, artifact_file: str) -> Path:
         """Where to write an artifact (e.g. "plots/curves.png") before recording it."""
@@ -208,8 +222,13 @@ class RunRecord:
             lock.close()
             self._lock = None
 
+    @property
+    def keeps_copies(self) -> bool:
+        """Whether the record still has its files: until its own store has everything."""
+        return not (self.ended and not self.pending)
+
     def discard_copies(self) -> None:
-        """After a complete upload: the server has the files; keep only the journal."""
+        """After a complete upload to its own store: it has the files; keep the journal."""
         for name in ("files", "model", "checkpoints"):
             shutil.rmtree(self.folder / name, ignore_errors=True)
 
@@ -250,9 +269,3 @@ def _parse(line: bytes, first: bool) -> tuple[dict[str, Any] | None, str]:
     if first != (op == "start"):
         return None, "not the run's start" if first else "a second start"
     return event, ""
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False) as f:
-        f.write(text)
-    os.replace(f.name, path)

@@ -1,8 +1,11 @@
-"""Replaying a run's record (record.py) into its tracking store, each event safe to repeat.
+"""Replaying a run's record (record.py) into a tracking store, each event safe to repeat.
 
 A call that timed out may still have reached the server, so after a failure (and in
 `python -m mnist_exp.sync`) metric points already there are skipped by (key, step,
 timestamp), a run the server lost is created again, and a model half-logged is filled in.
+An event counts as uploaded only once the store has taken it: one it refuses stops the
+upload there, with the store's words (refusals.py), and stays pending with those after it.
+To a store other than its own, a run is copied as a new run there (ledger.py).
 """
 
 from __future__ import annotations
@@ -21,9 +24,13 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import Model
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
-from mnist_exp.errors import ServerDown, first_line
+from mnist_exp.errors import ServerDown, UserError, first_line, redact
+from mnist_exp.tracking.ledger import Ledger
 from mnist_exp.tracking.record import RunRecord
+from mnist_exp.tracking.refusals import check_store, refusal, unreachable
 from mnist_exp.tracking.store import prepare_experiment
+
+__all__ = ["LOGGED_MODEL", "Uploader", "retrying", "unreachable"]
 
 log = logging.getLogger("mnist_exp.tracking.upload")  # the name its lines had before the split
 
@@ -31,20 +38,9 @@ LOGGED_MODEL = "@logged"  # a metric event's model: the model this run logged (o
 # ":<name>" after it, the checkpoint of that name it logged)
 
 
-def unreachable(error: BaseException) -> bool:
-    """Whether an error means the store is away (try again later) rather than that it
-    refused what was sent (a bug or a conflict, raised as usual)."""
-    if isinstance(error, MlflowException):
-        text = str(error)
-        return ("failed with exception" in text or "Max retries exceeded" in text
-                or (error.get_http_status_code() >= 500 and "UNIQUE constraint" not in text))
-    names = {cls.__name__ for cls in type(error).__mro__}
-    return bool(names & {"ConnectionError", "Timeout", "TimeoutError", "ConnectTimeout",
-                         "EndpointConnectionError", "ConnectionClosedError"})
-
-
 class Uploader:
-    """Replays a record's pending events into the store at `uri`."""
+    """Replays a record's pending events into the store at `uri`: its own, or another
+    one, which gets a copy of the run (ledger.py)."""
 
     def __init__(self, record: RunRecord, uri: str) -> None:
         self.record = record
@@ -52,35 +48,99 @@ class Uploader:
         self._client: mlflow.MlflowClient | None = None
         self.careful = False  # after a failure: check what the server already has
         self._points: dict[str, set[tuple[int, int]]] = {}
+        self._ledger: Ledger | None = None
+        self._recreated = False  # the store lost the run once in this upload: not twice
+        self.taken = 0  # events the store took in this uploader's life
 
     @property
     def client(self) -> mlflow.MlflowClient:
         """Made when first needed: making one opens (and may create) a database store."""
         if self._client is None:
+            check_store(self.uri, self.record.folder)
             self._client = mlflow.MlflowClient(self.uri)
         return self._client
 
     @property
+    def ledger(self) -> Ledger:
+        """What the store at `uri` has of the record (see `_choose`)."""
+        if self._ledger is None:
+            self._ledger = self.record.ledger_for(self.uri)
+        return self._ledger
+
+    @property
     def run_id(self) -> str | None:
-        return self.record.ids.get("run_id")
+        return self.ledger.ids.get("run_id")
 
     def upload(self) -> None:
-        """Upload every pending event; ServerDown at the first the store cannot take."""
-        events = self.record.events
-        for index in range(self.record.uploaded, len(events)):
-            try:
+        """Upload every pending event, each counted once the store has taken it (or is
+        shown to hold it); ServerDown at the first the store cannot take now, StoreRefused
+        at the first it refuses. Either way that event and those after it stay pending,
+        and the record whole."""
+        events, op = self.record.events, "start"
+        try:
+            ledger = self._choose()
+            for index in range(ledger.uploaded, len(events)):
+                op = events[index]["op"]
                 self._apply(events[index])
-            except Exception as e:
-                if not unreachable(e):
-                    # Refused, not missed: trying it again would fail again, and block the
-                    # events after it (the run's error, its end).
-                    self.record.set_uploaded(index + 1)
-                    raise
+                ledger.set_uploaded(index + 1)
+                self.taken += 1
+        except (ServerDown, UserError):
+            raise
+        except Exception as e:
+            if self._run_lost(e):
+                return self.upload()
+            if unreachable(e):
                 self.careful = True
                 raise ServerDown(first_line(e)) from e
-            self.record.set_uploaded(index + 1)
+            refused = refusal(e, self.uri, self.record.folder, op)
+            if refused is None:  # no answer of the store's: a bug, shown as one
+                raise
+            raise refused from e
         if self.record.ended and not self.record.pending:
             self.record.discard_copies()
+
+    def _choose(self) -> Ledger:
+        """The ledger to upload to. An address other than the record's own store's may
+        still be that store (moved, or reached through a tunnel): one that holds the run,
+        or its sweep's parent run, is. Otherwise the run is copied there, while the record
+        keeps its files, as a new run: not a sweep's job (its parent is on its own store)
+        nor part of a resumed run."""
+        ledger = self.ledger
+        if ledger.own or ledger.ids:
+            return ledger
+        start = self.record.events[0]
+        known = (self.record.ids.get("run_id"), start.get("resume_run_id"),
+                 start["tags"].get("mlflow.parentRunId"))
+        if any(run_id and self._existing(run_id) for run_id in known):
+            self._ledger = self.record.own
+            return self._ledger
+        why = ("it is a sweep's job (its parent run is there)" if known[2] else
+               "it holds only the resumed part of its run" if known[1] else
+               None if self.record.keeps_copies else
+               "that store has it, and the record no longer keeps its files")
+        if why is not None:
+            raise UserError(f"{redact(self.uri)} is not the store this run was recorded for "
+                            f"({self.record.own_uri}), and {why}: it is not copied; sync it "
+                            "to its own store (without --tracking-uri)")
+        return ledger
+
+    def _run_lost(self, error: BaseException) -> bool:
+        """Whether the store said it has no such run and indeed has lost ours (deleted, or
+        its database replaced): then the record is uploaded to it again, as a new run."""
+        run_id = self.run_id
+        if (self._recreated or not run_id or not isinstance(error, MlflowException)
+                or error.error_code != "RESOURCE_DOES_NOT_EXIST"):
+            return False
+        try:
+            lost = self._existing(run_id) is None
+        except Exception:  # the store's first answer is the one to tell
+            return False
+        if lost:
+            log.warning("tracking store %s has no run %s any more: uploading its record "
+                        "again, as a new run", redact(self.uri), run_id)
+            self.ledger.reset()
+            self.careful = self._recreated = True
+        return lost
 
     def _apply(self, event: dict[str, Any]) -> None:
         op, run_id = event["op"], self.run_id
@@ -118,17 +178,18 @@ class Uploader:
         if run is not None:
             if event.get("resume_run_id"):
                 self.client.update_run(known, "RUNNING")
-            self.record.set_id("experiment_id", run.info.experiment_id)
-            self.record.set_id("run_id", known)
+            self.ledger.set_id("experiment_id", run.info.experiment_id)
+            self.ledger.set_id("run_id", known)
             return
         if known:
             log.warning("the tracking store has no run %s any more: creating it again", known)
-        experiment_id = (event.get("experiment_id") if known is None else None) or \
-            prepare_experiment(self.uri, event["experiment_name"])
+        # The experiment's id in the run's own store; another store has its own.
+        recorded = event.get("experiment_id") if known is None and self.ledger.own else None
+        experiment_id = recorded or prepare_experiment(self.uri, event["experiment_name"])
         run = self.client.create_run(experiment_id, start_time=event["start_time"],
                                      tags=event["tags"], run_name=event["run_name"])
-        self.record.set_id("experiment_id", experiment_id)
-        self.record.set_id("run_id", run.info.run_id)
+        self.ledger.set_id("experiment_id", experiment_id)
+        self.ledger.set_id("run_id", run.info.run_id)
 
     def _existing(self, run_id: str) -> Any:
         try:
@@ -140,7 +201,7 @@ class Uploader:
 
     def _metrics(self, event: dict[str, Any]) -> None:
         model = event.get("model") or ""
-        model_id = (self.record.ids.get(_id_key(model.partition(":")[2]))
+        model_id = (self.ledger.ids.get(_id_key(model.partition(":")[2]))
                     if model.startswith(LOGGED_MODEL) else model or None)
         dataset = event.get("dataset") or {}
         points = []
@@ -164,7 +225,7 @@ class Uploader:
     def _model(self, event: dict[str, Any]) -> None:
         """The model saved in the record, logged as the run's LoggedModel (and registered).
         A model an earlier try created but did not finish is filled in, not doubled."""
-        experiment_id = self.record.ids["experiment_id"]
+        experiment_id = self.ledger.ids["experiment_id"]
         existing = None
         if self.careful:
             existing = next((m.model_id for m in self.client.search_logged_models(
@@ -178,7 +239,7 @@ class Uploader:
                          flavor=_saved_model(self.record.folder / event["folder"]),
                          registered_model_name=event.get("registered_name"),
                          validate_serving_input=False)
-        self.record.set_id(_id_key(event.get("checkpoint", "")), info.model_id)
+        self.ledger.set_id(_id_key(event.get("checkpoint", "")), info.model_id)
 
 
 def _id_key(checkpoint: str) -> str:

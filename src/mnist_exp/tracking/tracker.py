@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mnist_exp.errors import ServerDown, UserError
+from mnist_exp.errors import ServerDown, StoreRefused, UserError
 from mnist_exp.tracking.record import RunRecord
 from mnist_exp.tracking.replay import Uploader
 from mnist_exp.tracking.store import check_reachable, redact
@@ -34,6 +34,7 @@ class Tracker:
         self.probe_every_s = probe_every_s
         self._next_probe: float | None = None  # set while the server is away
         self.uploaded = False  # set by tracking.tracked_run at the run's end
+        self.refused: StoreRefused | None = None  # the store refused an event: a fix, not a wait
 
     @property
     def run_id(self) -> str | None:
@@ -57,6 +58,8 @@ class Tracker:
         self.emit("artifact", file=f"files/{artifact_file}", artifact_path=parent)
 
     def _upload(self) -> None:
+        if self.refused is not None:  # the run goes on into its record; finish says why
+            return
         away = self._next_probe is not None
         if away:
             if time.monotonic() < self._next_probe:
@@ -67,6 +70,9 @@ class Tracker:
         held_back = self.record.pending
         try:
             self.uploader.upload()
+        except StoreRefused as e:
+            self.refused = e
+            return
         except ServerDown as e:
             self._next_probe = time.monotonic() + self.probe_every_s
             if away:  # said once per outage
@@ -92,7 +98,11 @@ class Tracker:
         return True
 
     def finish(self, timeout_s: float) -> bool:
-        """Wait up to `timeout_s` for the server to take what is pending; whether it did."""
+        """Wait up to `timeout_s` for the server to take what is pending; whether it did.
+        StoreRefused if it refused an event: the record is kept whole for sync."""
+        if self.refused is not None:
+            self.record.let_go()
+            raise self.refused
         if self.offline:
             return not self.record.pending
         deadline = time.monotonic() + timeout_s
