@@ -1,6 +1,10 @@
 """A one-node SLURM cluster (Debian's slurm-wlm 22.05 + munge) in a folder, for services.py:
 its own munge key and socket, its own slurm.conf on free ports, accounting off. Clients
 find it through SLURM_CONF=<folder>/slurm/slurm.conf. Needs root (slurmd runs the jobs).
+
+For the tests of a job's end (tests/sweeps/test_slurm_faults.py), `up` also takes SLURM's
+KillWait (seconds between SIGTERM and SIGKILL) and a second partition whose jobs preempt
+(cancel) the first one's when they need its cores.
 """
 
 from __future__ import annotations
@@ -42,11 +46,19 @@ SchedulerType=sched/backfill
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 ReturnToService=2
-# Lets the node declare the CPUs and memory written here, whatever it has.
+KillWait={kill_wait}
+{preemption}# Lets the node declare the CPUs and memory written here, whatever it has.
 SlurmdParameters=config_overrides
 NodeName={host} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={memory_mb} State=UNKNOWN
-PartitionName={partition} Nodes={host} Default=YES MaxTime=INFINITE State=UP
+PartitionName={partition} Nodes={host} Default=YES MaxTime=INFINITE State=UP{tier}
 """
+# Jobs of the higher tier take the cores of the lower tier's: SLURM cancels those jobs
+# (SIGCONT, SIGTERM, and SIGKILL after KillWait), as a site's preemption would.
+PREEMPTION = """\
+PreemptType=preempt/partition_prio
+PreemptMode=CANCEL
+"""
+URGENT = "\nPartitionName={name} Nodes={host} MaxTime=INFINITE State=UP PriorityTier=2"
 
 
 def memory_mb() -> int:
@@ -54,7 +66,10 @@ def memory_mb() -> int:
         return int(meminfo.readline().split()[1]) // 1024
 
 
-def up(folder: Path, partition: str = "debug", cpus: int | None = None) -> dict:
+def up(folder: Path, partition: str = "debug", cpus: int | None = None, kill_wait: int = 30,
+       preempting: str | None = None) -> dict:
+    """Start munged, slurmctld and slurmd for `folder`; `preempting` names a partition whose
+    jobs preempt `partition`'s."""
     for daemon in ("munged", "slurmctld", "slurmd", "sinfo"):
         if shutil.which(daemon) is None:
             raise NotInstalled(f"{daemon} is not installed (apt-get install slurm-wlm "
@@ -80,10 +95,14 @@ def up(folder: Path, partition: str = "debug", cpus: int | None = None) -> dict:
         pids.append(process.pid)
         wait_until(socket_path.exists, process, "munged", munge / "munged.log", 30)
         conf = root / "slurm.conf"
+        host = socket.gethostname().split(".")[0]
         conf.write_text(CONF.format(
-            host=socket.gethostname().split(".")[0], root=root, munge_socket=socket_path,
-            ctld_port=free_port(), slurmd_port=free_port(),
-            cpus=cpus or os.cpu_count() or 1, memory_mb=memory_mb(), partition=partition))
+            host=host, root=root, munge_socket=socket_path, ctld_port=free_port(),
+            slurmd_port=free_port(), cpus=cpus or os.cpu_count() or 1, memory_mb=memory_mb(),
+            partition=partition, kill_wait=kill_wait,
+            preemption=PREEMPTION if preempting else "",
+            tier=" PriorityTier=1" + URGENT.format(name=preempting, host=host)
+            if preempting else ""))
         env = {"SLURM_CONF": str(conf)}
         for daemon, log in (("slurmctld", "slurmctld.log"), ("slurmd", "slurmd.log")):
             process = spawn([daemon, "-D"], root / f"{daemon}.out", env=env)
