@@ -31,7 +31,8 @@ from mnist_exp.config.preflight import check_fits_memory
 from mnist_exp.config.schema import parse_config
 from mnist_exp.errors import ConfigError, NotUploaded, UserError, describe, exit_with
 from mnist_exp.sweeps.callback import finished_job, threads_per_job
-from mnist_exp.sweeps.failures import FAILED, record_failed_job, write_failure
+from mnist_exp.sweeps.cluster import JobStopped
+from mnist_exp.sweeps.failures import FAILED, STOPPED, record_failed_job, write_failure
 from mnist_exp.sweeps.study import TRIAL_ENV, TrialLink, resolve_storage
 from mnist_exp.tracking.store import (
     check_reachable,
@@ -136,7 +137,8 @@ def experiment(cfg: DictConfig) -> float:
     sweeping = hydra_cfg.mode == RunMode.MULTIRUN
     started_ms = int(time.time() * 1000)
     if sweeping:
-        Path(hydra_cfg.runtime.output_dir, FAILED).unlink(missing_ok=True)  # an earlier try's
+        for mark in (FAILED, STOPPED):  # an earlier try's
+            Path(hydra_cfg.runtime.output_dir, mark).unlink(missing_ok=True)
         done = _finished_before(hydra_cfg)
         if done is not None:
             return done
@@ -161,7 +163,11 @@ def experiment(cfg: DictConfig) -> float:
         write_failure(output_dir, message, code)
         _record_failure(hydra_cfg, f"{type(e).__name__}: {e}", started_ms)
         return math.nan
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
+        if sweeping and isinstance(e, JobStopped):  # by SLURM: the sweep records it, goes on
+            log.error("job stopped: %s", e)
+            write_failure(Path(hydra_cfg.runtime.output_dir), str(e), e.exit_code, STOPPED)
+            return math.nan
         print("mnist-exp: interrupted; the MLflow run (if one had started) is marked KILLED "
               "and its last finished epoch is kept: add trainer.resume=true to the same "
               "command to continue it", file=sys.stderr)

@@ -2,7 +2,9 @@
 of one that failed before its run existed, and the error the sweep then ends with.
 
 A failed job answers NaN so the other jobs go on; its FAILED file keeps the line and exit
-code `errors.describe` gave it, so the sweep ends as that job would have ended alone.
+code `errors.describe` gave it, so the sweep ends as that job would have ended alone. A
+job its cluster stopped (SLURM: scancel, time limit, preemption; its run KILLED, never
+ranked) leaves a STOPPED file instead: it did not fail, yet the sweep is not complete.
 """
 
 from __future__ import annotations
@@ -14,18 +16,21 @@ from mnist_exp.errors import JobsFailed, redact
 from mnist_exp.tracking.store import SweepInfo
 
 FAILED = "FAILED"
+STOPPED = "STOPPED"
 _EXIT_CODE = re.compile(r"^exit code: (\d+)$", re.MULTILINE)
 
 
-def write_failure(job_dir: Path, message: str, exit_code: int) -> None:
-    """Leave the job's failure in its folder: the user's line, then its exit code."""
-    (job_dir / FAILED).write_text(f"{message}\nexit code: {exit_code}\n")
+def write_failure(job_dir: Path, message: str, exit_code: int, mark: str = FAILED) -> None:
+    """Leave the job's failure (or stop) in its folder: the user's line, then its exit code."""
+    job_dir.mkdir(parents=True, exist_ok=True)  # a job SLURM ended before it started
+    (job_dir / mark).write_text(f"{message}\nexit code: {exit_code}\n")
 
 
 def read_failure(job_dir: Path) -> tuple[str, int] | None:
-    """A failed job's line and exit code (1 if none was recorded); None if it did not fail."""
-    path = job_dir / FAILED
-    if not path.is_file():
+    """A failed or stopped job's line and exit code (1 if none was recorded); None if it
+    did neither."""
+    path = next((job_dir / m for m in (FAILED, STOPPED) if (job_dir / m).is_file()), None)
+    if path is None:
         return None
     text = path.read_text().strip()
     code = _EXIT_CODE.search(text)
@@ -34,14 +39,19 @@ def read_failure(job_dir: Path) -> tuple[str, int] | None:
 
 
 def jobs_failed(sweep_dir: Path) -> JobsFailed | None:
-    """The error a sweep ends with when jobs failed: the first one's line and exit code,
-    then every failed job's folder."""
+    """The error a sweep ends with when jobs failed or were stopped: the first one's line
+    and exit code, then every such job's folder."""
     failed = sorted(p.parent for p in sweep_dir.glob(f"*/{FAILED}"))
-    if not failed:
+    stopped = sorted(p.parent for p in sweep_dir.glob(f"*/{STOPPED}") if p.parent not in failed)
+    if not failed and not stopped:
         return None
-    message, code = read_failure(failed[0]) or ("no reason recorded", 1)
-    return JobsFailed(f"{len(failed)} job(s) failed; job {failed[0].name}: {message} (see "
-                      f"FAILED in the job folders {', '.join(p.name for p in failed)} under "
+    first = (failed or stopped)[0]
+    message, code = read_failure(first) or ("no reason recorded", 1)
+    counts = " and ".join(f"{len(jobs)} job(s) {what}" for jobs, what in
+                          ((failed, "failed"), (stopped, "stopped by the cluster")) if jobs)
+    marks = " or ".join(m for jobs, m in ((failed, FAILED), (stopped, STOPPED)) if jobs)
+    return JobsFailed(f"{counts}; job {first.name}: {message} (see {marks} in the job "
+                      f"folders {', '.join(p.name for p in sorted(failed + stopped))} under "
                       f"{sweep_dir})", code)
 
 

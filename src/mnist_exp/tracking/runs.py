@@ -87,8 +87,10 @@ def tracked_run(uri: str, experiment_id: str | None, run_name: str, tags: dict[s
     status = "FINISHED"
     try:
         yield tracker
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         status = "KILLED"
+        if reason := getattr(e, "reason", None):  # a cluster stopped the job (sweeps.cluster)
+            _emit_at_end(tracker, "tags", values={"stop_reason": reason})
         raise
     except BaseException as e:
         status = "FAILED"

@@ -7,7 +7,10 @@ the process dies of a glibc abort or SIGSEGV before anything can mark its MLflow
 KILLED (the interrupted-sweep test: 5 runs in 8). So inside a `DeferredInterrupts` block
 a signal is only noted, and the handler it would have met runs from a Keras callback at
 the end of the step under way, or as the block ends: places where an exception is an
-ordinary error. A second signal is not deferred, so a stuck process still stops at once.
+ordinary error. A second signal is not deferred, so a stuck process still stops at once,
+unless its handler is `patient`: SLURM's (sweeps.cluster) repeats SIGTERM by itself and
+kills the job after its KillWait. SIGUSR1 and SIGUSR2 are deferred too where a handler
+of Python's is set: submitit's jobs get USR2 before their time limit.
 """
 
 from __future__ import annotations
@@ -29,7 +32,8 @@ class DeferredInterrupts(keras.callbacks.Callback):
     a Python function (ignored, default) are left alone, as is everything outside the
     main thread, where Python cannot set handlers."""
 
-    def __init__(self, signals: tuple[signal.Signals, ...] = (signal.SIGINT, signal.SIGTERM)):
+    def __init__(self, signals: tuple[signal.Signals, ...] = (
+            signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)):
         super().__init__()
         self._signals = signals
         self._handlers: dict[int, Any] = {}
@@ -60,10 +64,13 @@ class DeferredInterrupts(keras.callbacks.Callback):
             self._handlers[number](number, None)
 
     def _note(self, number: int, frame: FrameType | None) -> None:
-        if self._pending is not None:  # asked twice: stop at once
-            self._handlers[number](number, frame)
+        handler = self._handlers[number]
+        if self._pending is not None:
+            if getattr(handler, "patient", False):  # its sender stops the process if need be
+                return
+            handler(number, frame)  # asked twice: stop at once
         self._pending = number
-        os.write(2, _NOTE)  # not print(): this may run in the middle of another write
+        os.write(2, getattr(handler, "note", _NOTE))  # not print(): it may cut another write
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         self.deliver()
