@@ -49,9 +49,16 @@ def load_rows(client, experiment_ids: list[str], parent_run_id: str | None = Non
             for r in runs]
 
 
+def ranked(row: Row) -> bool:
+    """Whether a run takes a rank: it FINISHED with a score. A run stopped on the way
+    (KILLED: Ctrl-C, SLURM's scancel, time limit or preemption) never does, whatever it
+    logged before it stopped."""
+    return row.status == "FINISHED" and row.val_accuracy is not None
+
+
 def rank(rows: list[Row]) -> list[Row]:
-    """Best validation accuracy first; runs without one (failed, running) last."""
-    return sorted(rows, key=lambda r: (r.val_accuracy is None, -(r.val_accuracy or 0), r.name))
+    """Best validation accuracy first; runs without a rank (failed, stopped, running) last."""
+    return sorted(rows, key=lambda r: (not ranked(r), -(r.val_accuracy or 0), r.name))
 
 
 def differing_params(rows: list[Row]) -> list[str]:
@@ -72,14 +79,14 @@ def to_markdown(rows: list[Row], keys: list[str], top: int = TOP) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for i, r in enumerate(rows[:top], 1):
         name = r.run_id[:8] if keys else f"{r.name} ({r.run_id[:8]})"
-        cells = [str(i), name, *(str(r.params.get(k)) for k in keys),
+        cells = [str(i) if ranked(r) else "-", name, *(str(r.params.get(k)) for k in keys),
                  _fmt(r.val_accuracy), _fmt(r.test_accuracy),
                  "" if r.seconds is None else f"{r.seconds:.1f}",
                  f"{r.status} (pruned)" if r.pruned else r.status]
         lines.append("| " + " | ".join(cells) + " |")
     rest = rows[top:]
     if rest:
-        scores = sorted(r.val_accuracy for r in rest if r.val_accuracy is not None)
+        scores = sorted(r.val_accuracy for r in rest if ranked(r))
         spread = (f": val accuracy min {scores[0]:.4f}, quartiles "
                   + ", ".join(f"{q:.4f}" for q in statistics.quantiles(scores, n=4))
                   + f", max {scores[-1]:.4f}") if len(scores) > 1 else ""
@@ -121,7 +128,7 @@ def plot_comparison(rows: list[Row], keys: list[str], top: int = TOP) -> Figure:
     pruned trials hatched; beside them, when there are more, every run's validation
     accuracy as a histogram. Drawing stays cheap at thousands of runs: one bar per shown
     run, one histogram. Labels are short (labels.short_labels); the table has exact values."""
-    scored = [r for r in rows if r.val_accuracy is not None]
+    scored = [r for r in rows if ranked(r)]
     shown = scored[:top]
     fig = Figure(figsize=(10 if len(scored) <= top else 14, 1.6 + 0.5 * max(1, len(shown))),
                  layout="constrained")
