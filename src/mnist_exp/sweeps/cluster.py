@@ -50,8 +50,9 @@ def check_partition(partition: str | None) -> None:
 
 
 class _NoSacctWarnings(logging.Filter):
-    """submitit asks `sacct` for job states on every poll and warns when it fails, which it
-    always does where accounting is off; it falls back to squeue, so the warning is noise."""
+    """submitit's own watcher asks `sacct` on every poll and warns when it fails, which it
+    always does where accounting is off. hydra/launcher=slurm asks squeue instead
+    (slurm_state.py); this keeps the warning out where submitit's watcher still runs."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         return "Bypassing sacct error" not in record.getMessage()
