@@ -96,15 +96,20 @@ class _SlurmStop:
     """The handler of SLURM's stop signals: asks SLURM why, then raises JobStopped. Under
     training.interrupts.DeferredInterrupts it runs at the end of the step under way, and a
     repeat does not stop the job at once (`patient`): SLURM sends SIGTERM twice at a time
-    limit or a preemption, and sends SIGKILL itself after KillWait."""
+    limit or a preemption, and sends SIGKILL itself after KillWait. Once it has raised, it
+    lets later signals be, so they cannot cut short the run's end."""
 
     patient = True
     note = b"\nmnist-exp: SLURM stops this job: stopping after the current step\n"
 
     def __init__(self, job_id: str, signal_delay_s: float) -> None:
         self.job_id, self.signal_delay_s = job_id, signal_delay_s
+        self.stopping = False
 
     def __call__(self, number: int, frame: FrameType | None) -> None:
+        if self.stopping:
+            return
+        self.stopping = True
         reason = stop_reason(number, job_fields(self.job_id), self.signal_delay_s)
         raise JobStopped(self.job_id, reason)
 
