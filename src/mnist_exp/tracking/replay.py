@@ -50,13 +50,13 @@ class Uploader:
         self._points: dict[str, set[tuple[int, int]]] = {}
         self._ledger: Ledger | None = None
         self._recreated = False  # the store lost the run once in this upload: not twice
+        self._opened = False  # check_store said yes
         self.taken = 0  # events the store took in this uploader's life
 
     @property
     def client(self) -> mlflow.MlflowClient:
         """Made when first needed: making one opens (and may create) a database store."""
         if self._client is None:
-            check_store(self.uri, self.record.folder)
             self._client = mlflow.MlflowClient(self.uri)
         return self._client
 
@@ -78,6 +78,9 @@ class Uploader:
         and the record whole."""
         events, op = self.record.events, "start"
         try:
+            if not self._opened:  # before MLflow opens it, with its long retries
+                check_store(self.uri, self.record.folder)
+                self._opened = True
             ledger = self._choose()
             for index in range(ledger.uploaded, len(events)):
                 op = events[index]["op"]
