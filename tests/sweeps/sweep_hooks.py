@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import signal
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -48,3 +49,24 @@ class BreakParentArtifacts(Callback):
         shutil.rmtree(folder, ignore_errors=True)
         folder.parent.mkdir(parents=True, exist_ok=True)
         folder.write_text("not a folder")
+
+
+class KillOnceRunExists(Callback):
+    """SIGKILL the sweep's own process (as `kill -9` or the OOM killer would end it) once
+    job `job`'s MLflow run exists: a thread of the job's process waits for the run's id in
+    its local record. With the basic launcher the job runs in the sweep's process."""
+
+    def __init__(self, job: int) -> None:
+        self.job = job
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if config.hydra.job.num != self.job:
+            return
+        ids = Path(config.hydra.runtime.output_dir) / "mlflow_record" / "ids.json"
+
+        def kill_when_started() -> None:
+            while not ids.is_file():
+                time.sleep(0.02)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        threading.Thread(target=kill_when_started, daemon=True).start()

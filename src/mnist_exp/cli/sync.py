@@ -54,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         exit_with(UserError(f"no such folder: {', '.join(missing)}"))
 
+    from mnist_exp.sweeps.liveness import end_dead_sweeps
     from mnist_exp.sweeps.summary import SUMMARY_PENDING, finish_sweep
     from mnist_exp.tracking.store import read_sweep_info
     from mnist_exp.tracking.upload import bound_http_calls, upload_folder
@@ -61,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     bound_http_calls()
     outcome = _Outcome()
     try:
+        for line in end_dead_sweeps(args.folders):  # a sweep killed outright: its open runs
+            print(line)
         left = [r for folder in args.folders
                 for r in upload_folder(folder, args.tracking_uri, outcome.report, outcome.failed)]
         if left:

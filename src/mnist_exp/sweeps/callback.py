@@ -7,7 +7,10 @@ leaves their ids in <sweep dir>/mlflow_sweep.json; every job, in whatever proces
 machine, reads it and nests its run under the parent. `on_multirun_end` uploads what the
 jobs could not, sums the sweep up on the parent run (summary.py), and ends the sweep as
 its first failed job would have ended alone (failures.py). A sweep stopped by Ctrl-C
-leaves its parent and its open jobs KILLED, never RUNNING.
+leaves its parent and its open jobs KILLED, never RUNNING; one killed outright runs no
+handler, so the launching process holds <sweep dir>/sweep.lock for its life, and a later
+resume (of the folder, or of the same Optuna study) or sync that finds the lock free ends
+what it left RUNNING (liveness.py).
 
 A sweep folder holds one sweep: its record is created exclusively, so a second sweep into
 the same folder stops with one line, unless it resumes it
@@ -36,6 +39,14 @@ from omegaconf.errors import InterpolationResolutionError
 
 from mnist_exp.errors import NotUploaded, ServerDown, TrackingError, UserError, exit_with
 from mnist_exp.sweeps.cluster import check_partition, cores_per_job, is_slurm, quiet_submitit
+from mnist_exp.sweeps.liveness import (
+    end_dead_searches,
+    end_leftovers,
+    hold_sweep,
+    reopen_parent,
+    sweep_tags,
+)
+from mnist_exp.sweeps.study import resolve_storage, study_key
 from mnist_exp.sweeps.summary import SUMMARY_PENDING, finish_sweep
 from mnist_exp.tracking.store import (
     SWEEP_FILE,
@@ -108,6 +119,27 @@ def _tracking_uri(config: DictConfig) -> str:
     return resolve_tracking_uri(configured, Path.cwd())
 
 
+def _study(config: DictConfig) -> str | None:
+    """An Optuna search's study (study.study_key), by which it finds the earlier searches
+    of that study; None for a grid. A storage string that names none is a ConfigError."""
+    sweeper = config.hydra.sweeper
+    if "study_name" not in sweeper:
+        return None
+    return study_key(sweeper.study_name, resolve_storage(sweeper.get("storage"), Path.cwd()))
+
+
+def _end_earlier_searches(info: SweepInfo, study: str) -> None:
+    """A search continuing its study ends the earlier searches of it that were killed
+    outright (their parent and open trials KILLED): said, but never in this one's way."""
+    try:
+        for line in end_dead_searches(info, study):
+            log.warning("%s", line)
+    except Exception as e:
+        log.warning("could not end the runs an earlier, killed search of this study left "
+                    "open (%s); python -m mnist_exp.sync <its sweep folder> ends them",
+                    str(e).splitlines()[0][:200] if str(e) else type(e).__name__)
+
+
 class MlflowSweepCallback(Callback):
     """Hydra turns a callback's exception into a warning and goes on (launching the jobs,
     or ending the sweep with exit 0), so every exception here ends the sweep instead: one
@@ -140,6 +172,7 @@ class MlflowSweepCallback(Callback):
                             "job at a time, or start a local server (docs/tracking.md: "
                             "tracking=server)")
         uri = _tracking_uri(config)
+        study = _study(config)
         check_reachable(uri)
         if is_slurm(config.hydra.launcher):
             quiet_submitit()
@@ -151,13 +184,15 @@ class MlflowSweepCallback(Callback):
             raise UserError(f"{sweep_dir} already holds a sweep ({SWEEP_FILE}); choose another "
                             "hydra.sweep.dir, or add hydra.callbacks.mlflow_sweep.resume=true "
                             "to continue that one")
+        hold_sweep(sweep_dir)  # for this process's life: a later resume or sync tells it died
         experiment_id = prepare_experiment(uri, config.tracking.experiment_name)
         allow_concurrent_writers(uri)
         sweep_id = "/".join(sweep_dir.parts[-2:])  # e.g. 2026-11-24/10-31-07-123456
         parent = mlflow.MlflowClient(uri).create_run(
             experiment_id, run_name=f"sweep {sweep_id}",
             tags={"mnist_exp.sweep": "parent", "sweep.id": sweep_id,
-                  "command": " ".join(["python -m mnist_exp.run", *sys.argv[1:]])})
+                  "command": " ".join(["python -m mnist_exp.run", *sys.argv[1:]]),
+                  **sweep_tags(sweep_dir, study)})
         info = SweepInfo(uri, experiment_id, parent.info.run_id, sweep_id)
         try:
             check_artifact_store(uri, parent.info.run_id)
@@ -167,14 +202,20 @@ class MlflowSweepCallback(Callback):
             raise
         atexit.register(_end_if_open, info)
         log.info("Sweep %s: MLflow parent run %s", sweep_id, parent.info.run_id)
+        if study is not None:
+            _end_earlier_searches(info, study)
 
     def _reopen(self, sweep_dir: Path) -> None:
-        """Continue the sweep recorded in sweep_dir: its parent run RUNNING again."""
-        import mlflow
+        """Continue the sweep recorded in sweep_dir: its parent run RUNNING again, and the
+        job runs its earlier, dead process left open ended KILLED (liveness.py)."""
+        from mnist_exp.tracking.upload import upload_folder
 
+        hold_sweep(sweep_dir)  # UserError if its earlier process still runs it
         info = replace(read_sweep_info(sweep_dir), resumed=True)
         check_reachable(info.tracking_uri)
-        mlflow.MlflowClient(info.tracking_uri).update_run(info.parent_run_id, "RUNNING")
+        end_leftovers(info, sweep_dir, "resume", parent=False)
+        upload_folder(sweep_dir)  # those jobs' records, ended KILLED
+        reopen_parent(info)
         atexit.register(_end_if_open, info)
         info.save(sweep_dir)
         log.info("Resuming sweep %s: MLflow parent run %s", info.sweep_id, info.parent_run_id)

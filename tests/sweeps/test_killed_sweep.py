@@ -1,0 +1,203 @@
+"""A sweep killed outright (SIGKILL: no handler runs) leaves nothing RUNNING once it is
+resumed or synced: its parent run and the job run it had open end KILLED, tagged
+mnist_exp.ended_by. A sweep's process holds a lock on <sweep dir>/sweep.lock for its life,
+so a dead one is told from a live one by the lock alone. The searches and sweeps run for
+real; the kill comes from a Hydra callback of the test's (sweep_hooks.KillOnceRunExists),
+once the job's MLflow run exists."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import optuna
+import pytest
+
+from helpers import ONE_EPOCH, child_env, run_module, sweep_runs
+from mnist_exp.errors import UserError
+from mnist_exp.sweeps import liveness
+from mnist_exp.sweeps.liveness import ENDED_BY, end_dead_sweeps, hold_sweep, locks_shared
+from mnist_exp.tracking.record import RunRecord
+from mnist_exp.tracking.store import SweepInfo, prepare_experiment
+from mnist_exp.tracking.tracker import Tracker
+from mnist_exp.tracking.upload import upload_folder
+
+HOOKS = {"PYTHONPATH": str(Path(__file__).parent)}
+SEARCH = ("-m", "hparams_search=optuna", "data=mnist_sample", "data.max_train_samples=300",
+          "data.max_test_samples=200", "trainer.epochs=2", "tracking.log_model=false",
+          "trainer.batch_size=choice(32,64,128)",  # 240 training samples: no batch of 256
+          "hydra.sweeper.n_trials=4")
+
+
+def killed_at(job: int, *args: str, cwd: Path) -> str:
+    """Run `python -m mnist_exp.run args...` until its process is killed outright once job
+    `job`'s run exists; its output. Only that process is killed: a helper process it had
+    started may outlive it, so the output goes to files (an orphan holding a pipe would
+    keep the test waiting), and its session is ended afterwards."""
+    out = cwd / "killed.log"
+    with out.open("w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "mnist_exp.run", *args,
+             "+hydra.callbacks.kill._target_=sweep_hooks.KillOnceRunExists",
+             f"+hydra.callbacks.kill.job={job}"],
+            cwd=cwd, env=child_env(HOOKS), stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True)
+        try:
+            process.wait(timeout=600)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == -signal.SIGKILL, out.read_text()[-3000:]
+    return out.read_text()
+
+
+def holder(sweep_dir: Path) -> subprocess.Popen:
+    """A process that holds the sweep's lock, as a sweep's process does, until killed."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; "
+         "from mnist_exp.sweeps.liveness import hold_sweep; hold_sweep(Path(sys.argv[1])); "
+         "print('held', flush=True); time.sleep(600)", str(sweep_dir)],
+        env=child_env(), stdout=subprocess.PIPE, text=True)
+    assert process.stdout.readline() == "held\n"
+    return process
+
+
+def test_a_dead_sweeps_open_runs_end_killed_and_a_live_ones_are_left(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    experiment = prepare_experiment(uri, "e")
+    client = mlflow.MlflowClient(uri)
+    parent = client.create_run(experiment, tags={"mnist_exp.sweep": "parent"}).info.run_id
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    SweepInfo(uri, experiment, parent, "s").save(sweep)
+    nested = {"mlflow.parentRunId": parent}
+    loose = client.create_run(experiment, tags=nested).info.run_id  # no record of its own
+    trackers = [Tracker(RunRecord.create(sweep / str(job) / "mlflow_record"), uri)
+                for job in (0, 1)]
+    for job, tracker in enumerate(trackers):  # each job's run started, never ended
+        tracker.emit("start", experiment_id=experiment, experiment_name="e",
+                     run_name=f"job {job}", tags=nested, start_time=int(time.time() * 1000),
+                     tracking_uri=uri)
+    trackers[1].record.hold()  # job 1 still runs (a SLURM job outliving its sweep)
+    assert end_dead_sweeps([tmp_path]) == []  # no lock file (made before there was one)
+    assert client.get_run(parent).info.status == "RUNNING"  # alive or dead: not told
+    sweeper = holder(sweep)
+    assert end_dead_sweeps([tmp_path]) == []  # its sweep lives
+    with pytest.raises(UserError, match=r"running now \(pid"):
+        hold_sweep(sweep)  # a resume of it is refused
+    sweeper.send_signal(signal.SIGKILL)
+    sweeper.wait()
+
+    [line] = end_dead_sweeps([tmp_path])
+    assert line == (f"{sweep}: the sweep's process had died; ended KILLED ({ENDED_BY}=sync): "
+                    f"its parent run {parent} and 2 job run(s)")
+    assert upload_folder(sweep) == []  # job 0's record, ended KILLED
+    status = {run: client.get_run(run) for run in
+              (parent, loose, trackers[0].run_id, trackers[1].run_id)}
+    assert [r.info.status for r in status.values()] == ["KILLED"] * 3 + ["RUNNING"]
+    assert [r.data.tags.get(ENDED_BY) for r in status.values()] == ["sync"] * 3 + [None]
+    assert end_dead_sweeps([tmp_path]) == []  # nothing left open: said once
+    trackers[1].record.let_go()
+
+
+def _runs(workdir: Path):
+    return sweep_runs(f"sqlite:///{workdir / 'mlflow.db'}", "mnist_sample")
+
+
+@pytest.mark.slow
+def test_a_search_killed_outright_is_closed_when_the_same_command_runs_again(tmp_path):
+    killed_at(2, *SEARCH, cwd=tmp_path)
+    _, [earlier], children = _runs(tmp_path)
+    assert [c.info.status for c in sorted(children, key=lambda c: c.data.tags["sweep.job"])
+            ] == ["FINISHED", "FINISHED", "RUNNING"]  # what the kill leaves behind
+
+    again = run_module("mnist_exp.run", *SEARCH, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    client, parents, children = _runs(tmp_path)
+    assert [r.info.status for r in [*parents, *children] if r.info.status == "RUNNING"] == []
+    earlier = client.get_run(earlier.info.run_id)
+    assert earlier.info.status == "KILLED" and earlier.data.tags[ENDED_BY] == "resume"
+    [interrupted] = [c for c in children if c.data.tags["sweep.job"] == "2"
+                     and c.data.tags["mlflow.parentRunId"] == earlier.info.run_id]
+    assert interrupted.info.status == "KILLED" and interrupted.data.tags[ENDED_BY] == "resume"
+    [later] = [p for p in parents if p.info.run_id != earlier.info.run_id]
+    assert later.info.status == "FINISHED" and ENDED_BY not in later.data.tags
+    assert sum(c.data.tags["mlflow.parentRunId"] == later.info.run_id for c in children) == 2
+    study = optuna.load_study(study_name="mnist_exp", storage=f"sqlite:///{tmp_path}/optuna.db")
+    assert [t.state.name == "FAIL" for t in study.trials] == [False, False, True, False, False]
+    assert study.trials[2].user_attrs["abandoned"]  # the interrupted trial, run anew
+
+
+@pytest.mark.slow
+def test_a_sweep_killed_outright_is_closed_by_sync(tmp_path):
+    """...and resumed afterwards, its parent run is reopened and no longer says it ended."""
+    command = ("-m", "data=mnist_sample", *ONE_EPOCH, "optimizer.learning_rate=1e-3,3e-4",
+               "hydra.sweep.dir=sweep")
+    killed_at(1, *command, cwd=tmp_path)
+    synced = run_module("mnist_exp.sync", "sweep", cwd=tmp_path)
+    assert synced.returncode == 0, synced.stderr[-3000:]
+    _, [parent], children = _runs(tmp_path)
+    assert synced.stdout.splitlines()[0] == (
+        f"sweep: the sweep's process had died; ended KILLED ({ENDED_BY}=sync): its parent "
+        f"run {parent.info.run_id} and 1 job run(s)")
+    assert parent.info.status == "KILLED" and parent.data.tags[ENDED_BY] == "sync"
+    by_job = {c.data.tags["sweep.job"]: c for c in children}
+    assert by_job["0"].info.status == "FINISHED" and ENDED_BY not in by_job["0"].data.tags
+    assert by_job["1"].info.status == "KILLED" and by_job["1"].data.tags[ENDED_BY] == "sync"
+
+    again = run_module("mnist_exp.run", *command, "hydra.callbacks.mlflow_sweep.resume=true",
+                       cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    _, [parent], children = _runs(tmp_path)
+    assert parent.info.status == "FINISHED" and ENDED_BY not in parent.data.tags
+    assert sorted(c.info.status for c in children) == ["FINISHED", "FINISHED", "KILLED"]
+
+
+@pytest.mark.slow
+def test_a_grid_sweep_killed_outright_and_resumed_ends_its_interrupted_job(tmp_path):
+    command = ("-m", "data=mnist_sample", *ONE_EPOCH, "optimizer.learning_rate=1e-3,3e-4",
+               "hydra.sweep.dir=sweep")
+    killed_at(1, *command, cwd=tmp_path)
+    again = run_module("mnist_exp.run", *command, "hydra.callbacks.mlflow_sweep.resume=true",
+                       cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    _, [parent], children = _runs(tmp_path)
+    assert parent.info.status == "FINISHED" and parent.data.metrics["jobs"] == 2
+    assert sorted((c.data.tags["sweep.job"], c.info.status, c.data.tags.get(ENDED_BY))
+                  for c in children) == [("0", "FINISHED", None), ("1", "FINISHED", None),
+                                         ("1", "KILLED", "resume")]
+
+
+MOUNTS = """/dev/sda1 / ext4 rw,relatime 0 0
+server:/home /shared nfs4 rw,vers=4.2,local_lock=none,addr=10.0.0.1 0 0
+server:/old /shared/old nfs rw,vers=3,nolock,local_lock=all 0 0
+mds@tcp:/lustre /scratch lustre rw,localflock 0 0
+/dev/sdb1 /data\\040disk ext4 rw 0 0
+"""
+
+
+@pytest.mark.parametrize(("path", "shared"), [
+    ("/home/me/outputs", True), ("/shared/me/outputs", True), ("/shared/old/me", False),
+    ("/shared/older", True), ("/scratch/me", False), ("/data disk/me", True)])
+def test_another_machines_lock_counts_only_where_locks_are_shared(path, shared):
+    """A free lock last held on another machine proves its sweep dead only on a file system
+    whose locks every machine sees (not NFS with local locks, nor Lustre's localflock)."""
+    assert locks_shared(Path(path), MOUNTS) is shared
+
+
+def test_a_free_lock_of_another_machine_proves_nothing_where_locks_are_not_shared(
+        tmp_path, monkeypatch):
+    lock = tmp_path / liveness.LOCK
+    for host, shared, dead in [("elsewhere", False, False), (socket.gethostname(), False, True),
+                               ("elsewhere", True, True)]:
+        lock.write_text(f"pid 1 on {host}\n")
+        monkeypatch.setattr(liveness, "locks_shared", lambda path, shared=shared: shared)
+        with liveness._if_dead(tmp_path) as judged:
+            assert judged is dead, (host, shared)
