@@ -69,7 +69,7 @@ def holder(sweep_dir: Path) -> subprocess.Popen:
     return process
 
 
-def test_a_dead_sweeps_open_runs_end_killed_and_a_live_ones_are_left(tmp_path):
+def test_a_dead_sweeps_open_runs_end_killed_and_a_live_ones_are_left(tmp_path, caplog):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     experiment = prepare_experiment(uri, "e")
     client = mlflow.MlflowClient(uri)
@@ -95,7 +95,12 @@ def test_a_dead_sweeps_open_runs_end_killed_and_a_live_ones_are_left(tmp_path):
     sweeper.send_signal(signal.SIGKILL)
     sweeper.wait()
 
-    [line] = end_dead_sweeps([tmp_path])
+    gone = tmp_path / "gone"  # a dead sweep whose parent run the store does not hold
+    gone.mkdir()
+    SweepInfo(uri, experiment, "0" * 32, "g").save(gone)
+    (gone / liveness.LOCK).write_text(f"pid 1 on {socket.gethostname()}\n")
+    [line] = end_dead_sweeps([tmp_path])  # the other sweep's runs are still ended
+    assert f"{gone}: could not end the runs its dead sweep left open" in caplog.text
     assert line == (f"{sweep}: the sweep's process had died; ended KILLED ({ENDED_BY}=sync): "
                     f"its parent run {parent} and 2 job run(s)")
     assert upload_folder(sweep) == []  # job 0's record, ended KILLED

@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-from mnist_exp.errors import ServerDown, UserError
+from mnist_exp.errors import ServerDown, UserError, first_line
 from mnist_exp.sweeps.summary import SUMMARY_PENDING
 from mnist_exp.tracking.record import find_records
 from mnist_exp.tracking.store import SWEEP_FILE, SweepInfo, read_sweep_info
@@ -227,7 +227,9 @@ def end_dead_searches(info: SweepInfo, study: str, by: str = "resume") -> list[s
 def end_dead_sweeps(folders: list[Path], by: str = "sync") -> list[str]:
     """Every sweep under `folders` (a sweep folder itself, or any folder above) whose
     process died with runs open: ended as end_dead_sweep does; one line for each. One whose
-    store does not answer is left for the next sync (its records' upload says so)."""
+    store does not answer is left for the next sync (its records' upload says so); one its
+    store refuses (a parent run deleted there, say) is named in a warning, and the others
+    are still ended."""
     found: dict[Path, Path] = {}  # each sweep once, however it was reached
     for folder in folders:
         files = [folder / SWEEP_FILE] if (folder / SWEEP_FILE).is_file() else sorted(
@@ -239,6 +241,10 @@ def end_dead_sweeps(folders: list[Path], by: str = "sync") -> list[str]:
         try:
             line = end_dead_sweep(sweep_dir, by)
         except ServerDown:
+            continue
+        except Exception as e:
+            log.warning("%s: could not end the runs its dead sweep left open: %s", sweep_dir,
+                        first_line(e))
             continue
         lines += [line] if line else []
     return lines
