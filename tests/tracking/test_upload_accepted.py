@@ -34,7 +34,7 @@ import mlflow
 import pytest
 from mlflow.utils import validation
 
-from helpers import ROOT, own_lines, run_module
+from helpers import ROOT, own_lines, run_module, start_module
 from mnist_exp.errors import StoreRefused, redact
 from mnist_exp.tracking import limits
 from mnist_exp.tracking.record import EVENTS, RECORD_DIR, RunRecord
@@ -213,6 +213,36 @@ def test_a_refusal_mid_run_keeps_the_record_whole_and_ends_the_run_in_one_line(t
     assert tracker.record.uploaded == 1 and tracker.record.pending == 3  # nothing counted
     run = client.get_run(tracker.run_id)
     assert run.info.status == "RUNNING" and not run.data.metrics
+
+
+@pytest.mark.slow
+def test_a_run_whose_store_refuses_mid_run_trains_on_and_ends_in_one_line(tmp_path):
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run = start_module("mnist_exp.run", "data=mnist_sample", "data.max_test_samples=300",
+                       "trainer.batch_size=32", "tracking.system_metrics=false",
+                       "trainer.epochs=12", f"tracking.uri={store}", "hydra.run.dir=run",
+                       cwd=tmp_path)
+    for line in run.stdout:
+        if line.startswith("Epoch 2/"):
+            break
+    client = mlflow.MlflowClient(store)
+    [logged] = runs_of(store, "mnist_sample")[1]
+    client.delete_run(logged.info.run_id)  # deleted in the UI mid-run: writes are refused
+    out, err = run.communicate(timeout=600)
+    assert run.returncode == 2, err[-3000:]
+    assert "Traceback" not in err and "refused the run's" not in out  # no warning on the way
+    folder = tmp_path / "run" / RECORD_DIR
+    assert own_lines(err)[-1].startswith(f"mnist-exp: error: tracking store {store} refused "
+                                         "the run's metrics (")
+    assert own_lines(err)[-1].endswith(f"python -m mnist_exp.sync {folder}")
+    assert RunRecord(folder).pending and (folder / "model").is_dir()  # trained on, kept
+
+    client.restore_run(logged.info.run_id)
+    synced = run_module("mnist_exp.sync", "run", cwd=tmp_path)
+    assert synced.returncode == 0, synced.stderr[-3000:]
+    run_after = client.get_run(logged.info.run_id)
+    assert run_after.info.status == "FINISHED" and "test_accuracy" in run_after.data.metrics
+    assert len(client.get_metric_history(logged.info.run_id, "loss")) == 12
 
 
 def test_sync_says_what_the_store_refused_and_keeps_the_record(record, tmp_path):
