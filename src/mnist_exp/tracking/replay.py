@@ -120,7 +120,7 @@ class Uploader:
         why = ("it is a sweep's job (its parent run is there)" if known[2] else
                "it holds only the resumed part of its run" if known[1] else
                None if self.record.keeps_copies else
-               "that store has it, and the record no longer keeps its files")
+               "its own store has it, and the record no longer keeps its files")
         if why is not None:
             raise UserError(f"{redact(self.uri)} is not the store this run was recorded for "
                             f"({self.record.own_uri}), and {why}: it is not copied; sync it "
@@ -128,8 +128,9 @@ class Uploader:
         return ledger
 
     def _run_lost(self, error: BaseException) -> bool:
-        """Whether the store said it has no such run and indeed has lost ours (deleted, or
-        its database replaced): then the record is uploaded to it again, as a new run."""
+        """Whether the store said it has no such run and indeed has lost ours (purged, or
+        its database replaced): then the record is uploaded to it again, as a new run. (A
+        run deleted but not purged is still there: writes to it are refused.)"""
         run_id = self.run_id
         if (self._recreated or not run_id or not isinstance(error, MlflowException)
                 or error.error_code != "RESOURCE_DOES_NOT_EXIST"):
