@@ -58,6 +58,29 @@ def test_interrupted_run_is_killed_then_resumed_into_the_same_run(mini, tmp_path
     assert not list((tmp_path / "outputs" / "checkpoints").glob("*/run_id"))
 
 
+@pytest.mark.slow
+def test_a_run_killed_outright_is_ended_killed_by_sync(mini, tmp_path):
+    """SIGKILL leaves no end event; every event before it reached the store, so the record
+    lacks nothing but its end, which sync must still add."""
+    args = [f"data.path={mini}", "data.max_train_samples=3000", "trainer.epochs=12",
+            "data.max_test_samples=200", "tracking.log_model=false", "hydra.run.dir=out"]
+    process = start_module("mnist_exp.run", *args, cwd=tmp_path)
+    for line in process.stdout:
+        if "Epoch 4/12" in line:
+            break
+    process.kill()
+    process.communicate(timeout=120)
+    _, [run] = runs_of(tmp_path)
+    assert run.info.status == "RUNNING"
+
+    synced = run_module("mnist_exp.sync", "out", cwd=tmp_path)
+    assert synced.returncode == 0, synced.stderr[-2000:]
+    client, [run] = runs_of(tmp_path)
+    assert run.info.status == "KILLED"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy")][:3] \
+        == [0, 1, 2]
+
+
 def test_the_tracking_store_runs_on_pythons_own_sqlite():
     """TensorFlow carries a private SQLite with global symbols; once mnist_exp is imported,
     the MLflow store still gets the SQLite that Python's binding was built against."""

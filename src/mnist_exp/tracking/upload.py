@@ -84,10 +84,11 @@ def upload_folder(folder: Path, uri: str | None = None,
 
 def _to_do(record: RunRecord, uri: str | None) -> bool:
     """Whether the store at `uri` (its own if None) lacks some of the record: a copy to
-    another store is made only while the record keeps its files."""
+    another store is made only while the record keeps its files. A run killed outright
+    after its last upload lacks only its end, which sync adds (KILLED)."""
     ledger = record.ledger_for(uri)
     missing = len(record.events) > ledger.uploaded and (ledger.own or record.keeps_copies)
-    return missing or record.needs_repair
+    return missing or record.needs_repair or (ledger.own and not record.ended)
 
 
 def _upload_record(record: RunRecord, uri: str | None) -> Uploaded | None:
