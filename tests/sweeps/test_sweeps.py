@@ -67,7 +67,8 @@ def test_parallel_sweep_against_a_tracking_server(mini, tmp_path, mlflow_server)
     work.mkdir()
     result = run_module("mnist_exp.run", "-m", "tracking=server", f"data.path={mini}",
                         *ONE_EPOCH, "optimizer.learning_rate=1e-3,3e-4", "hydra/launcher=joblib",
-                        "hydra.launcher.n_jobs=2", "hydra.sweep.dir=sweep", cwd=work,
+                        "hydra.launcher.n_jobs=2", "tracking.keep_in_sweeps=all",  # every figure
+                        "hydra.sweep.dir=sweep", cwd=work,
                         env={"MLFLOW_TRACKING_URI": mlflow_server})
     failures = [p.read_text() for p in (work / "sweep").glob("*/FAILED")]
     assert result.returncode == 0, (failures, result.stderr[-3000:])

@@ -122,7 +122,8 @@ def slurm_sweep(tmp_path_factory, team_server, slurm):
     """4 SLURM jobs logging to the PostgreSQL + S3 server, registering their models."""
     work = tmp_path_factory.mktemp("slurm_sweep")
     result = sweep(*SLURM_JOB, *TINY, "tracking.experiment_name=slurm",
-                   "tracking.register_model=true", "optimizer.learning_rate=1e-3,3e-4",
+                   "tracking.register_model=true", "tracking.keep_in_sweeps=all",
+                   "optimizer.learning_rate=1e-3,3e-4",
                    "model.hidden_units=[64],[32]", cwd=work, uri=team_server, slurm=slurm)
     failures = [p.read_text() for p in (work / "sweep").glob("*/FAILED")]
     assert result.returncode == 0, (failures, result.stderr[-3000:])

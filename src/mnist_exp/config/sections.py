@@ -110,6 +110,10 @@ class TrackingConfig(Section):
     run_name: Name | None = Field(None, description="null: named after the preset and the "
                                                     "command-line overrides")
     log_model: bool = Field(True, description="log the model (Keras flavour, signature)")
+    keep_in_sweeps: Literal["improving", "all"] = Field(
+        "improving", description="in a sweep, log a job's model and figures only if it is at "
+                                 "least as good as the sweep's best so far (its best job's "
+                                 "always are), or every job's")
     register_model: bool = Field(False, description="register the logged model as a new "
                                                     "version of registered_model_name")
     registered_model_name: Name = Field("mnist-exp", description="the registered model")

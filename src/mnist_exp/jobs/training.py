@@ -15,14 +15,14 @@ from pathlib import Path
 
 from mnist_exp.config.preflight import check_fits_data, check_fits_memory
 from mnist_exp.config.schema import Config
-from mnist_exp.data.load import Dataset, load_dataset
+from mnist_exp.data.load import LOCAL_FOLDERS, Dataset, load_dataset
 from mnist_exp.evaluation.figures import run_figures
 from mnist_exp.evaluation.scoring import score_held_out
 from mnist_exp.sweeps import pruning
 from mnist_exp.sweeps.study import TrialLink
 from mnist_exp.tracking.callbacks import epoch_callbacks
 from mnist_exp.tracking.logs import epoch_history, log_files, log_inputs, log_results, log_timings
-from mnist_exp.tracking.models import log_trained_model
+from mnist_exp.tracking.models import improves_on_sweep, log_trained_model
 from mnist_exp.tracking.record import RECORD_DIR, records_folder
 from mnist_exp.tracking.runs import open_experiment, run_tags, sweep_tags, tracked_run
 from mnist_exp.tracking.store import SweepInfo, redact
@@ -34,6 +34,7 @@ from mnist_exp.training.resume import resume_state_for
 log = logging.getLogger(__name__)
 
 _NAMELESS_OVERRIDES = ("data.path=", "tracking.", "hydra.")
+_LOADED: dict[tuple, Dataset] = {}  # the last dataset this process loaded, by its settings
 
 
 @dataclass(frozen=True)
@@ -102,13 +103,18 @@ def run_experiment(config: Config, context: RunContext = RunContext()) -> RunRes
             history = epoch_history(tracker.run_id)
         with clock("evaluate"), DeferredInterrupts():
             val, test = score_held_out(model, data, t.eval_batch_size)
+        # A sweep's job that does not improve on the best so far keeps neither its model
+        # nor its figures (tracking.keep_in_sweeps); its numbers are recorded all the same.
+        with clock("tracking"):
+            keep = improves_on_sweep(settings, context.sweep, val.accuracy)
         # The model is logged before its scores, so they are linked to it (model_id).
         with clock("model_logging"), DeferredInterrupts():
-            model_uri = log_trained_model(tracker, model, data.x_test, test.probabilities, settings)
+            model_uri = (log_trained_model(tracker, model, data.x_test, test.probabilities,
+                                           settings) if keep else None)
         with clock("plots"):
-            pictures = run_figures(history, test, data.x_test, data.class_names)
+            pictures = run_figures(history, test, data.x_test, data.class_names) if keep else {}
         with clock("tracking"):
-            log_results(tracker, test, val, pictures, splits, settings.log_model)
+            log_results(tracker, test, val, pictures, splits, keep and settings.log_model)
         log_timings(tracker, clock.seconds | context.timings)
         log_files(tracker, context.log_file)
         state.release()  # the run is done: nothing left to resume
@@ -118,16 +124,38 @@ def run_experiment(config: Config, context: RunContext = RunContext()) -> RunRes
 
 
 def _load_data(config: Config) -> Dataset:
-    """The configured data, split with the run's seed, checked against the settings."""
+    """The configured data, split with the run's seed, checked against the settings. The
+    jobs of a sweep that share a process load it once: the last dataset is kept, read-only,
+    for the next job with the same settings and the same files."""
     d = config.data
-    data = load_dataset(d.name, d.path, validation_split=d.validation_split,
-                        seed=config.trainer.seed, verify_checksums=d.verify_checksums,
-                        max_train_samples=d.max_train_samples,
-                        max_test_samples=d.max_test_samples)
+    key = (d.name, d.path, d.validation_split, config.trainer.seed, d.verify_checksums,
+           d.max_train_samples, d.max_test_samples, _files_state(d.name, d.path))
+    data = _LOADED.get(key)
+    if data is None:
+        _LOADED.clear()
+        data = load_dataset(d.name, d.path, validation_split=d.validation_split,
+                            seed=config.trainer.seed, verify_checksums=d.verify_checksums,
+                            max_train_samples=d.max_train_samples,
+                            max_test_samples=d.max_test_samples)
+        for array in (data.x_train, data.y_train, data.x_val, data.y_val, data.x_test,
+                      data.y_test):
+            array.flags.writeable = False  # shared by the next job: nobody may change it
+        _LOADED[key] = data
     log.info("Data: %s from %s: %d train, %d validation, %d test images", data.name,
              data.source, len(data.y_train), len(data.y_val), len(data.y_test))
     check_fits_data(config, data.y_train, data.y_val, data.x_train)
     return data
+
+
+def _files_state(name: str, path: str | None) -> tuple:
+    """What the data's files are now (name, size, modification time), so that files
+    changed between two jobs are read again."""
+    where = Path(path).expanduser() if path else LOCAL_FOLDERS.get(name)
+    if where is None or not where.exists():
+        return ()
+    files = sorted(where.iterdir()) if where.is_dir() else [where]
+    return tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files
+                 if f.is_file())
 
 
 def _record_dir(context: RunContext) -> Path:

@@ -14,6 +14,7 @@ import numpy as np
 from mlflow.models import infer_signature
 
 from mnist_exp.config.schema import TrackingConfig
+from mnist_exp.tracking.store import SweepInfo
 from mnist_exp.tracking.upload import Tracker
 
 MODEL_NAME = "model"
@@ -28,6 +29,26 @@ def log_trained_model(tracker: Tracker, model: keras.Model, images: np.ndarray,
         return None
     registered = settings.registered_model_name if settings.register_model else None
     return log_model(tracker, model, images[:2], probabilities[:2], registered)
+
+
+def improves_on_sweep(settings: TrackingConfig, sweep: SweepInfo | None, val_accuracy: float,
+                      metric: str = "final_val_accuracy") -> bool:
+    """Whether a run keeps its model and figures: a single run always; a sweep's job, with
+    tracking.keep_in_sweeps=improving, only if no job of its sweep finished before it with a
+    better `metric` (what the sweep ranks by). The sweep's best job was at least as good as
+    every job finished before it, so its model is always logged (and registered), whatever
+    the order or the number of parallel workers; most others are not. When the store cannot
+    say (offline, away), the job keeps them."""
+    if sweep is None or settings.keep_in_sweeps == "all" or settings.offline:
+        return True
+    query = (f"tags.`mlflow.parentRunId` = '{sweep.parent_run_id}' and "
+             f"attributes.status = 'FINISHED' and metrics.{metric} > {float(val_accuracy)!r}")
+    try:
+        better = mlflow.MlflowClient(sweep.tracking_uri).search_runs(
+            [sweep.experiment_id], query, max_results=1)
+    except Exception:  # a store that cannot answer: keep them
+        return True
+    return not better
 
 
 def log_model(tracker: Tracker, model: keras.Model, example: np.ndarray,
