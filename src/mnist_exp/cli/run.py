@@ -202,7 +202,7 @@ def _record_failure(hydra_cfg, reason: str, started_ms: int) -> None:
         return
     try:
         record_failed_job(info, hydra_cfg.job.get("num"), list(hydra_cfg.overrides.task),
-                          reason, started_ms)
+                          reason, started_ms, Path(hydra_cfg.runtime.output_dir))
     except Exception as e:  # the FAILED file and the sweep's summary still tell
         log.warning("could not record the failed job in MLflow: %s", e)
 

@@ -56,23 +56,40 @@ def jobs_failed(sweep_dir: Path) -> JobsFailed | None:
 
 
 def record_failed_job(info: SweepInfo, job: int | None, overrides: list[str], reason: str,
-                      since_ms: int) -> None:
+                      since_ms: int, job_dir: Path) -> None:
     """A job that failed before its MLflow run existed (e.g. a sampled value the config
-    schema refuses) still gets a FAILED run under the sweep's parent, with its reason."""
+    schema refuses) still gets a FAILED run under the sweep's parent, with its reason: a
+    record in its folder, uploaded now or, with the sweep's other records, at its end or by
+    sync."""
+    import contextlib
+    import time
+
     import mlflow
-    from mlflow.entities import Param
+
+    from mnist_exp.errors import ServerDown
+    from mnist_exp.tracking.record import RECORD_DIR, RunRecord
+    from mnist_exp.tracking.replay import Uploader
 
     client = mlflow.MlflowClient(info.tracking_uri)
-    if client.search_runs([info.experiment_id],
-                          f"tags.`mlflow.parentRunId` = '{info.parent_run_id}' and "
-                          f"tags.`sweep.job` = '{job}' and attributes.start_time >= {since_ms}"):
+    if client.search_runs(
+            [info.experiment_id], f"tags.`mlflow.parentRunId` = '{info.parent_run_id}' and "
+            f"tags.`sweep.job` = '{job}' and attributes.start_time >= {since_ms}"):
         return  # the run exists and ended FAILED itself
-    run = client.create_run(info.experiment_id, run_name=redact(" ".join(overrides))[:250],
-                            tags={"mlflow.parentRunId": info.parent_run_id,
-                                  "sweep.id": info.sweep_id, "sweep.job": str(job),
-                                  "overrides": redact(" ".join(overrides)),
-                                  "error": reason[:5000]})
-    params = [Param(k.lstrip("+~"), redact(v)[:6000])
-              for k, _, v in (o.partition("=") for o in overrides)]
-    client.log_batch(run.info.run_id, params=params)
-    client.set_terminated(run.info.run_id, "FAILED")
+    record = RunRecord.create(job_dir / RECORD_DIR)
+    record.hold()
+    try:
+        now = int(time.time() * 1000)
+        experiment = client.get_experiment(info.experiment_id).name
+        record.append("start", experiment_id=info.experiment_id, experiment_name=experiment,
+                      run_name=redact(" ".join(overrides)), start_time=now,
+                      tracking_uri=redact(info.tracking_uri),
+                      tags={"mlflow.parentRunId": info.parent_run_id, "sweep.id": info.sweep_id,
+                            "sweep.job": str(job), "overrides": redact(" ".join(overrides)),
+                            "error": reason})
+        record.append("params", values={k.lstrip("+~"): redact(v) for k, _, v in
+                                        (o.partition("=") for o in overrides)})
+        record.append("end", status="FAILED", end_time=now)
+        with contextlib.suppress(ServerDown):  # the sweep's end, or sync, uploads it
+            Uploader(record, info.tracking_uri).upload()
+    finally:
+        record.let_go()

@@ -36,6 +36,7 @@ DAMAGE_TAG = "mnist_exp.record_damaged"  # on a run whose record was damaged: "e
 FIELDS = {"start": ("experiment_name", "run_name", "tags", "start_time"), "params": ("values",),
           "tags": ("values",), "metrics": ("values", "step", "timestamp"),
           "input": ("context", "dataset"), "artifact": ("file",), "model": ("folder", "name"),
+          "alias": ("name", "alias", "version"), "untag": ("keys",),
           "end": ("status", "end_time")}
 
 

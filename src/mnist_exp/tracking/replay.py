@@ -11,11 +11,6 @@ To a store other than its own, a run is copied as a new run there (ledger.py).
 from __future__ import annotations
 
 import logging
-import os
-import shutil
-import time
-import types
-from pathlib import Path
 from typing import Any
 
 import mlflow
@@ -26,6 +21,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
 from mnist_exp.errors import ServerDown, UserError, first_line, redact
 from mnist_exp.tracking.ledger import Ledger
+from mnist_exp.tracking.ops import id_key, retrying, saved_model, set_alias, untag
 from mnist_exp.tracking.record import RunRecord
 from mnist_exp.tracking.refusals import check_store, refusal, unreachable
 from mnist_exp.tracking.store import prepare_experiment
@@ -171,13 +167,19 @@ class Uploader:
                 self.client.log_artifact(run_id, str(local), event.get("artifact_path"))
         elif op == "model":
             self._model(event)
+        elif op == "alias":
+            set_alias(self.client, event)
+        elif op == "untag":
+            untag(self.client, run_id, event)
         elif op == "end":
             self.client.set_terminated(run_id, event["status"], end_time=event["end_time"])
         else:
             raise ValueError(f"{self.record.folder}: unknown event {op!r}")
 
     def _start(self, event: dict[str, Any]) -> None:
-        known = self.run_id or event.get("resume_run_id")
+        # A record may write to a run made before it (`run_id`: a sweep's parent, a run
+        # left open), or reopen one (`resume_run_id`).
+        known = self.run_id or event.get("resume_run_id") or event.get("run_id")
         run = self._existing(known) if known else None
         if run is not None:
             if event.get("resume_run_id"):
@@ -205,7 +207,7 @@ class Uploader:
 
     def _metrics(self, event: dict[str, Any]) -> None:
         model = event.get("model") or ""
-        model_id = (self.ledger.ids.get(_id_key(model.partition(":")[2]))
+        model_id = (self.ledger.ids.get(id_key(model.partition(":")[2]))
                     if model.startswith(LOGGED_MODEL) else model or None)
         dataset = event.get("dataset") or {}
         points = []
@@ -240,47 +242,7 @@ class Uploader:
         mlflow.set_experiment(experiment_id=experiment_id)
         info = Model.log(artifact_path=None, name=event["name"], run_id=self.run_id,
                          model_id=existing, step=event.get("step", 0),
-                         flavor=_saved_model(self.record.folder / event["folder"]),
+                         flavor=saved_model(self.record.folder / event["folder"]),
                          registered_model_name=event.get("registered_name"),
                          validate_serving_input=False)
-        self.ledger.set_id(_id_key(event.get("checkpoint", "")), info.model_id)
-
-
-def _id_key(checkpoint: str) -> str:
-    """Where the record keeps a logged model's id: the run's model, or a checkpoint's."""
-    return f"model_id:{checkpoint}" if checkpoint else "model_id"
-
-
-def _saved_model(folder: Path) -> types.SimpleNamespace:
-    """A flavour for Model.log that copies a model already saved (with its flavours,
-    signature and input example) instead of saving one: the record's copy is what gets
-    uploaded, now or by sync."""
-    def save_model(path: str, mlflow_model: Model, **kwargs: Any) -> None:
-        shutil.copytree(folder, path)
-        saved = Model.load(folder)
-        mlflow_model.flavors = saved.flavors
-        mlflow_model.signature = saved.signature
-        mlflow_model.saved_input_example_info = saved.saved_input_example_info
-        mlflow_model.save(os.path.join(path, "MLmodel"))
-
-    name = "mlflow.keras" if "keras" in Model.load(folder).flavors else "custom"
-    return types.SimpleNamespace(__name__=name, save_model=save_model)
-
-
-def retrying(write: Any, attempts: int = 6) -> Any:
-    """An MLflow write that parallel jobs on one store can collide on: two jobs inserting
-    the same dataset at once (a unique constraint fails for the second, in SQLite or, through
-    a tracking server, in PostgreSQL; on retry it finds the first's row), or a SQLite
-    database briefly locked. Retried with backoff."""
-    import random
-
-    for attempt in range(attempts):
-        try:
-            return write()
-        except MlflowException as e:
-            collided = any(sign in str(e) for sign in (
-                "UNIQUE constraint failed", "database is locked",
-                "duplicate key value violates unique constraint"))
-            if not collided or attempt == attempts - 1:
-                raise
-            time.sleep(0.1 * 2**attempt * (1 + random.random()))
+        self.ledger.set_id(id_key(event.get("checkpoint", "")), info.model_id)
