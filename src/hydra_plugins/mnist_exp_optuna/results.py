@@ -1,7 +1,8 @@
 """What a finished search leaves behind: Optuna's best trial in optimization_results.yaml
 (as hydra-optuna-sweeper wrote it), and pictures of the search on the sweep's MLflow parent
-run. A picture that cannot be drawn (e.g. importances before two trials completed) costs a
-log line, never the sweep."""
+run: files of its record (sweeps/parent.py), uploaded with the sweep's summary. A picture
+that cannot be drawn (e.g. importances before two trials completed) costs a log line,
+never the sweep."""
 
 from __future__ import annotations
 
@@ -39,15 +40,15 @@ def _log_figures(study: Any, sweep_dir: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import mlflow
     from optuna.visualization import matplotlib as views
 
+    from mnist_exp.sweeps.parent import add_file, parent_record
     from mnist_exp.tracking.store import read_sweep_info
 
     info = read_sweep_info(sweep_dir)
     if info is None:
         return
-    client = mlflow.MlflowClient(info.tracking_uri)
+    record = parent_record(sweep_dir, info)  # uploaded with the sweep's summary
     logging.getLogger("matplotlib.category").setLevel(logging.WARNING)  # string-valued choices
     for name, draw in [("optuna_history.png", plot_history),
                        ("optuna_importances.png", views.plot_param_importances),
@@ -61,8 +62,8 @@ def _log_figures(study: Any, sweep_dir: Path) -> None:
                 axes = draw(study)
                 figure = (axes.flat[0] if hasattr(axes, "flat") else axes).get_figure()
                 # Optuna puts some legends right of the axes: keep them in the picture.
-                client.log_figure(info.parent_run_id, figure, name,
-                                  save_kwargs={"bbox_inches": "tight"})
+                add_file(record, name, lambda path, f=figure: f.savefig(
+                    path, bbox_inches="tight"))
                 plt.close(figure)
         except Exception as e:  # too few trials, a parameter of one value, ...
             log.info("No %s for this search: %s", name, str(e).splitlines()[0] if str(e) else

@@ -46,6 +46,7 @@ from mnist_exp.sweeps.liveness import (
     reopen_parent,
     sweep_tags,
 )
+from mnist_exp.sweeps.parent import parent_record, start_parent
 from mnist_exp.sweeps.study import resolve_storage, study_key
 from mnist_exp.sweeps.summary import SUMMARY_PENDING, finish_sweep
 from mnist_exp.tracking.store import (
@@ -75,21 +76,21 @@ def threads_per_job(launcher: DictConfig | dict, cores: int | None = None) -> in
     return max(1, cores // (cores if n_jobs < 0 else n_jobs))
 
 
-def _end_if_open(info: SweepInfo) -> None:
+def _end_if_open(info: SweepInfo, sweep_dir: Path) -> None:
     """After Ctrl-C or a crash skipped on_multirun_end: end the parent run KILLED, and any
     job's run its process could not end (joblib kills its workers as soon as the launching
-    process is interrupted)."""
-    import mlflow
+    process is interrupted), each through its record (liveness.end_leftovers)."""
+    from mnist_exp.sweeps.parent import now, parent_record, upload
+    from mnist_exp.tracking.upload import upload_folder
 
-    client = mlflow.MlflowClient(info.tracking_uri)
     try:
-        jobs = client.search_runs(
-            [info.experiment_id], "attributes.status = 'RUNNING' and "
-            f"tags.mlflow.parentRunId = '{info.parent_run_id}'")
-        for run in [*jobs, client.get_run(info.parent_run_id)]:
-            if run.info.status == "RUNNING":
-                client.set_terminated(run.info.run_id, "KILLED")
-    except Exception as e:  # a server that went away: the jobs' records keep their ends
+        end_leftovers(info, sweep_dir, None, parent=False)
+        upload_folder(sweep_dir, info.tracking_uri)
+        record = parent_record(sweep_dir, info)
+        if not record.ended:
+            record.append("end", status="KILLED", end_time=now())
+        upload(record, info.tracking_uri)
+    except Exception as e:  # a server that went away: the records keep their ends
         log.warning("could not mark the sweep's open runs KILLED: %s", str(e)[:200])
 
 
@@ -162,8 +163,6 @@ class MlflowSweepCallback(Callback):
             _end_sweep(e)
 
     def _start(self, config: DictConfig) -> None:
-        import mlflow
-
         sweep_dir = Path(config.hydra.sweep.dir)
         # Checks first: a sweep that cannot start leaves no folder behind.
         if config.tracking.get("offline"):
@@ -188,20 +187,21 @@ class MlflowSweepCallback(Callback):
         experiment_id = prepare_experiment(uri, config.tracking.experiment_name)
         allow_concurrent_writers(uri)
         sweep_id = "/".join(sweep_dir.parts[-2:])  # e.g. 2026-11-24/10-31-07-123456
-        parent = mlflow.MlflowClient(uri).create_run(
-            experiment_id, run_name=f"sweep {sweep_id}",
-            tags={"mnist_exp.sweep": "parent", "sweep.id": sweep_id,
-                  "command": " ".join(["python -m mnist_exp.run", *sys.argv[1:]]),
-                  **sweep_tags(sweep_dir, study)})
-        info = SweepInfo(uri, experiment_id, parent.info.run_id, sweep_id)
+        parent_id = start_parent(
+            sweep_dir, uri, experiment_id, config.tracking.experiment_name,
+            f"sweep {sweep_id}", {"mnist_exp.sweep": "parent", "sweep.id": sweep_id,
+                                  "command": " ".join(["python -m mnist_exp.run",
+                                                       *sys.argv[1:]]),
+                                  **sweep_tags(sweep_dir, study)})
+        info = SweepInfo(uri, experiment_id, parent_id, sweep_id)
         try:
-            check_artifact_store(uri, parent.info.run_id)
+            check_artifact_store(uri, parent_id)
             info.save(sweep_dir)
         except Exception:  # no job starts: the parent run ends FAILED, not RUNNING
-            _end_failed(info)
+            _end_failed(info, sweep_dir)
             raise
-        atexit.register(_end_if_open, info)
-        log.info("Sweep %s: MLflow parent run %s", sweep_id, parent.info.run_id)
+        atexit.register(_end_if_open, info, sweep_dir)
+        log.info("Sweep %s: MLflow parent run %s", sweep_id, parent_id)
         if study is not None:
             _end_earlier_searches(info, study)
 
@@ -213,10 +213,10 @@ class MlflowSweepCallback(Callback):
         hold_sweep(sweep_dir)  # UserError if its earlier process still runs it
         info = replace(read_sweep_info(sweep_dir), resumed=True)
         check_reachable(info.tracking_uri)
-        end_leftovers(info, sweep_dir, "resume", parent=False)
-        upload_folder(sweep_dir)  # those jobs' records, ended KILLED
-        reopen_parent(info)
-        atexit.register(_end_if_open, info)
+        end_leftovers(info, sweep_dir, "resume")
+        upload_folder(sweep_dir)  # those runs' records, ended KILLED
+        reopen_parent(info, sweep_dir)
+        atexit.register(_end_if_open, info, sweep_dir)
         info.save(sweep_dir)
         log.info("Resuming sweep %s: MLflow parent run %s", info.sweep_id, info.parent_run_id)
 
@@ -248,9 +248,10 @@ class MlflowSweepCallback(Callback):
             failed = finish_sweep(info, sweep_dir, registered)
         except Exception as e:
             if not isinstance(e, ServerDown) and not unreachable(e):
-                _end_failed(info)
+                _end_failed(info, sweep_dir)
                 raise
-            (sweep_dir / SUMMARY_PENDING).write_text(json.dumps({"registered": registered}))
+            if not parent_record(sweep_dir, info).ended:  # else sync uploads its record
+                (sweep_dir / SUMMARY_PENDING).write_text(json.dumps({"registered": registered}))
             atexit.unregister(_end_if_open)
             return NotUploaded(sweep_dir, info.tracking_uri, "the sweep's runs and summary are")
         atexit.unregister(_end_if_open)
@@ -265,12 +266,20 @@ def _end_sweep(error: Exception, log_file: Path | None = None) -> NoReturn:
     exit_with(error, log_file)
 
 
-def _end_failed(info: SweepInfo) -> None:
-    """A summary that failed for an unexpected reason: its parent run FAILED, not KILLED."""
-    import mlflow
+def _end_failed(info: SweepInfo, sweep_dir: Path) -> None:
+    """A summary that failed for an unexpected reason: its parent run FAILED, not KILLED,
+    through its record, or, if the store refuses that record's upload, through one that
+    ends the run (parent.close_run); the record is kept whole for sync."""
+    from mnist_exp.sweeps.parent import close_run, now, parent_record, upload
 
     atexit.unregister(_end_if_open)
     try:
-        mlflow.MlflowClient(info.tracking_uri).set_terminated(info.parent_run_id, "FAILED")
+        record = parent_record(sweep_dir, info)
+        if not record.ended:
+            record.append("end", status="FAILED", end_time=now())
+        try:
+            upload(record, info.tracking_uri)
+        except Exception:
+            upload(close_run(sweep_dir, info, info.parent_run_id, "FAILED"), info.tracking_uri)
     except Exception as e:  # the line about the first error matters more
         log.warning("could not mark the sweep's parent run FAILED: %s", str(e)[:200])

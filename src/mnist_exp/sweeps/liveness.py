@@ -12,8 +12,8 @@ record has a lock of the same kind (tracking/record.py), so a job that outlived 
 (a SLURM job) is left alone too.
 
 The runs a dead sweep left open are ended KILLED and tagged mnist_exp.ended_by (resume or
-sync): its jobs through their local records (uploaded as any record is), its parent
-through MlflowClient, as the sweep's callback writes it.
+sync), each through a local record (uploaded as any record is): its jobs' own, its
+parent's (parent.py), and, for a run with none here, one that writes to it.
 """
 
 from __future__ import annotations
@@ -130,26 +130,28 @@ def end_dead_sweep(sweep_dir: Path, by: str) -> str | None:
             f"{' and '.join(what)}")
 
 
-def end_leftovers(info: SweepInfo, sweep_dir: Path, by: str,
+def end_leftovers(info: SweepInfo, sweep_dir: Path, by: str | None,
                   parent: bool = True) -> tuple[int, bool]:
-    """End KILLED, tagged ENDED_BY=by, what the dead process of a sweep left open: each of
-    its jobs' records that never ended (unless a live job holds it), its RUNNING job runs
-    that have no record here, and (`parent`) its parent run. How many job runs, and
-    whether the parent, were ended. ServerDown if the store does not answer."""
+    """End KILLED, tagged ENDED_BY=by (if given), what the dead process of a sweep left
+    open, each through a record (parent.py) the caller uploads (upload_folder): its jobs'
+    records that never ended (unless a live job holds them), its RUNNING job runs that
+    have no record here, and (`parent`) its parent run. How many job runs, and whether the
+    parent, were ended. ServerDown if the store does not answer."""
     import mlflow
 
+    from mnist_exp.sweeps.parent import PARENT_DIR, close_run
     from mnist_exp.tracking.upload import unreachable
 
-    ended, recorded = _end_records(sweep_dir, {ENDED_BY: by})
+    tags = {ENDED_BY: by} if by else {}
+    ended, recorded = _end_records(sweep_dir, tags, sweep_dir / PARENT_DIR)
     client = mlflow.MlflowClient(info.tracking_uri)
     try:
         open_jobs = [r.info.run_id for r in client.search_runs(
             [info.experiment_id], f"tags.`mlflow.parentRunId` = '{info.parent_run_id}' and "
             "attributes.status = 'RUNNING'") if r.info.run_id not in recorded]
-        ends_parent = parent and client.get_run(info.parent_run_id).info.status == "RUNNING"
-        for run_id in [*open_jobs, *([info.parent_run_id] if ends_parent else [])]:
-            client.set_tag(run_id, ENDED_BY, by)
-            client.set_terminated(run_id, "KILLED")
+        for run_id in open_jobs:
+            close_run(sweep_dir, info, run_id, "KILLED", tags)
+        ends_parent = parent and _end_parent(info, sweep_dir, tags, client)
     except Exception as e:
         if unreachable(e):
             raise ServerDown(str(e)) from e
@@ -157,21 +159,41 @@ def end_leftovers(info: SweepInfo, sweep_dir: Path, by: str,
     return ended + len(open_jobs), ends_parent
 
 
-def reopen_parent(info: SweepInfo) -> None:
-    """A resumed sweep's parent run RUNNING again, without the ENDED_BY tag a sync gave it
-    when its earlier process had died (it is not ended any more)."""
-    import mlflow
+def _end_parent(info: SweepInfo, sweep_dir: Path, tags: dict[str, str], client: Any) -> bool:
+    """End the parent's record KILLED, with `tags`, unless it ended; whether it did. A
+    parent from before parents had records is ended only if the store holds it RUNNING."""
+    from mnist_exp.sweeps.parent import PARENT_DIR, let_go, now, parent_record
 
-    client = mlflow.MlflowClient(info.tracking_uri)
-    client.update_run(info.parent_run_id, "RUNNING")
-    if ENDED_BY in client.get_run(info.parent_run_id).data.tags:
-        client.delete_tag(info.parent_run_id, ENDED_BY)
+    if (not any(r.events for r in find_records([sweep_dir / PARENT_DIR]))
+            and client.get_run(info.parent_run_id).info.status != "RUNNING"):
+        return False
+    record = parent_record(sweep_dir, info)
+    try:
+        if record.ended:
+            return False
+        if tags:
+            record.append("tags", values=tags)
+        record.append("end", status="KILLED", end_time=now())
+        return True
+    finally:
+        let_go(sweep_dir)  # the caller uploads it
 
 
-def _end_records(sweep_dir: Path, tags: dict[str, str]) -> tuple[int, set[str]]:
-    """End KILLED, with `tags`, each record under `sweep_dir` that never ended and that no
-    live process holds; how many, and the run ids of every record (their runs are the
-    records' to end, through upload_folder)."""
+def reopen_parent(info: SweepInfo, sweep_dir: Path) -> None:
+    """A resumed sweep's parent run RUNNING again, through a new record of it (parent.py),
+    without the ENDED_BY tag a sync or this resume gave it when its earlier process had
+    died (it is not ended any more)."""
+    from mnist_exp.sweeps.parent import start_parent
+
+    start_parent(sweep_dir, info.tracking_uri, info.experiment_id, "", "", {},
+                 resume_run_id=info.parent_run_id, untag=(ENDED_BY,))
+
+
+def _end_records(sweep_dir: Path, tags: dict[str, str],
+                 skip: Path | None = None) -> tuple[int, set[str]]:
+    """End KILLED, with `tags`, each record under `sweep_dir` (but those under `skip`) that
+    never ended and that no live process holds; how many, and the run ids of every record
+    (their runs are the records' to end, through upload_folder)."""
     ended, recorded = 0, set()
     for record in find_records([sweep_dir]):
         try:
@@ -179,7 +201,8 @@ def _end_records(sweep_dir: Path, tags: dict[str, str]) -> tuple[int, set[str]]:
         except UserError:  # a damaged ids.json: upload_folder names it
             continue
         # A damaged record is repaired (ended FAILED) by upload_folder.
-        if record.ended or record.needs_repair or not record.events:
+        if (record.ended or record.needs_repair or not record.events
+                or (skip is not None and skip in record.folder.parents)):
             continue
         try:
             record.hold()
@@ -190,7 +213,8 @@ def _end_records(sweep_dir: Path, tags: dict[str, str]) -> tuple[int, set[str]]:
             if not record.ended:
                 last = max((e.get("timestamp") or e.get("start_time") or 0)
                            for e in record.events)
-                record.append("tags", values=tags)
+                if tags:
+                    record.append("tags", values=tags)
                 record.append("end", status="KILLED", end_time=last)
                 ended += 1
         finally:

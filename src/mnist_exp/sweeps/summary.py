@@ -48,8 +48,9 @@ def utilisation(spans: list[tuple[int | None, int | None]]) -> Utilisation | Non
 
 
 def finish_sweep(info: SweepInfo, sweep_dir: Path, registered: str | None) -> JobsFailed | None:
-    """Rank the sweep's jobs by validation accuracy, attach the table and a comparison plot
-    to the parent run, crown the best model, end the parent run, and print the outcome;
+    """Rank the sweep's jobs by validation accuracy, record the table, a comparison plot,
+    the best model's crowning and the end on the parent's record (parent.py) and upload
+    it, and print the outcome;
     the error the sweep ends with if jobs failed. ServerDown if the store stops answering at
     any step (each is safe to repeat: the sweep stays SUMMARY_PENDING for sync)."""
     from mnist_exp.tracking.upload import unreachable
@@ -66,6 +67,7 @@ def _finish(info: SweepInfo, sweep_dir: Path, registered: str | None) -> JobsFai
     import mlflow
 
     from mnist_exp.sweeps import ranking as report
+    from mnist_exp.sweeps.parent import parent_record, upload
 
     client = mlflow.MlflowClient(info.tracking_uri)
     rows = report.rank(report.load_rows(client, [info.experiment_id], info.parent_run_id))
@@ -81,19 +83,16 @@ def _finish(info: SweepInfo, sweep_dir: Path, registered: str | None) -> JobsFai
     # A resumed sweep's earlier try is apart in time from this one: no utilisation of both.
     use = None if info.resumed else utilisation([(r.info.start_time, r.info.end_time)
                                                  for r in jobs])
-    client.log_text(info.parent_run_id, report.to_markdown(rows, keys), "sweep_ranking.md")
-    client.log_figure(info.parent_run_id, report.plot_comparison(rows, keys),
-                      "sweep_comparison.png")
-    client.log_metric(info.parent_run_id, "jobs", len(rows) + failed
-                      - sum(r.status == "FAILED" for r in rows))
-    client.log_metric(info.parent_run_id, "failed_jobs", failed)
-    if use is not None:
-        client.log_metric(info.parent_run_id, "worker_utilisation", use.share)
-        client.log_metric(info.parent_run_id, "workers", use.workers)
     best = rows[0] if rows and rows[0].val_accuracy is not None else None
-    if best is not None:
-        _record_best(client, info, best, report.describe(best, keys), registered)
-    client.set_terminated(info.parent_run_id, "FINISHED" if best else "FAILED")
+    record = parent_record(sweep_dir, info)
+    crowned = None
+    if not record.ended:  # else recorded by an earlier try, and only its upload is left
+        _record_summary(record, report, rows, keys, failed, use)
+        if best is not None:
+            _record_best(record, best, report.describe(best, keys))
+            crowned = _crown(client, record, registered, best) if registered else None
+        record.append("end", status="FINISHED" if best else "FAILED", end_time=_now())
+    upload(record, info.tracking_uri)
     (sweep_dir / SUMMARY_PENDING).unlink(missing_ok=True)
     pruned = sum(r.data.tags.get(PRUNED_TAG) == "true" for r in jobs)
     busy = (f"{use.workers} worker{'s' * (use.workers > 1)} busy {use.share:.0%} of "
@@ -104,29 +103,54 @@ def _finish(info: SweepInfo, sweep_dir: Path, registered: str | None) -> JobsFai
     if best is not None:
         print(f"Best by validation accuracy ({best.val_accuracy:.4f}; test "
               f"{best.test_accuracy:.4f}): {report.describe(best, keys)}  [{best.run_id}]")
+    if crowned:
+        print(crowned)
     return jobs_failed(sweep_dir)
 
 
-def _record_best(client, info: SweepInfo, best, config: str, registered: str | None) -> None:
-    """The best job's scores and config on the parent run; its model crowned if registered."""
-    client.log_metric(info.parent_run_id, "best_final_val_accuracy", best.val_accuracy)
+def _now() -> int:
+    import time
+
+    return int(time.time() * 1000)
+
+
+def _record_summary(record, report, rows, keys, failed: int, use: Utilisation | None) -> None:
+    """The ranking, the comparison plot and the counts, on the parent's record."""
+    import matplotlib.pyplot as plt
+
+    from mnist_exp.sweeps.parent import add_file
+
+    add_file(record, "sweep_ranking.md",
+             lambda path: path.write_text(report.to_markdown(rows, keys)))
+    figure = report.plot_comparison(rows, keys)
+    add_file(record, "sweep_comparison.png", figure.savefig)
+    plt.close(figure)
+    values = {"jobs": len(rows) + failed - sum(r.status == "FAILED" for r in rows),
+              "failed_jobs": failed}
+    if use is not None:
+        values |= {"worker_utilisation": use.share, "workers": use.workers}
+    record.append("metrics", values=values, step=0, timestamp=_now())
+
+
+def _record_best(record, best, config: str) -> None:
+    """The best job's scores and config on the parent's record."""
+    values = {"best_final_val_accuracy": best.val_accuracy}
     if best.test_accuracy is not None:
-        client.log_metric(info.parent_run_id, "best_test_accuracy", best.test_accuracy)
-    client.set_tag(info.parent_run_id, "best_run_id", best.run_id)
-    client.set_tag(info.parent_run_id, "best_config", config)
-    if registered:
-        _crown(client, registered, best)
+        values["best_test_accuracy"] = best.test_accuracy
+    record.append("metrics", values=values, step=0, timestamp=_now())
+    record.append("tags", values={"best_run_id": best.run_id, "best_config": config})
 
 
-def _crown(client, name: str, best) -> None:
+def _crown(client, record, name: str, best) -> str | None:
     """Give the alias `champion` to the registered version of the sweep's best run (a
     ranking.Row), only if it beats the current champion's validation accuracy on the same
-    dataset; otherwise the alias stays, and the console says why."""
+    dataset (an alias event on the parent's record); otherwise the alias stays. The line
+    that says which, printed once the store has it."""
     from mlflow.exceptions import MlflowException
 
     versions = client.search_model_versions(f"name = '{name}' and run_id = '{best.run_id}'")
     if not versions:
-        return
+        return None
     try:
         current = client.get_model_version_by_alias(name, CHAMPION)
     except MlflowException:  # no champion yet
@@ -136,16 +160,16 @@ def _crown(client, name: str, best) -> None:
         its_data, our_data = held.params.get("data.name"), best.params.get("data.name")
         its_score = held.metrics.get("final_val_accuracy")
         if its_data != our_data:
-            print(f"models:/{name}@{CHAMPION} stays version {current.version}: it was trained "
-                  f"on {its_data}, this sweep on {our_data}, so their scores do not compare")
-            return
+            return (f"models:/{name}@{CHAMPION} stays version {current.version}: it was "
+                    f"trained on {its_data}, this sweep on {our_data}, so their scores do "
+                    "not compare")
         if its_score is not None and best.val_accuracy <= its_score:
-            print(f"models:/{name}@{CHAMPION} stays version {current.version} (validation "
-                  f"accuracy {its_score:.4f}); this sweep's best reached {best.val_accuracy:.4f}")
-            return
-    client.set_registered_model_alias(name, CHAMPION, versions[0].version)
+            return (f"models:/{name}@{CHAMPION} stays version {current.version} (validation "
+                    f"accuracy {its_score:.4f}); this sweep's best reached "
+                    f"{best.val_accuracy:.4f}")
+    record.append("alias", name=name, alias=CHAMPION, version=versions[0].version)
     was = f" (was version {current.version})" if current is not None else ""
-    print(f"models:/{name}@{CHAMPION} is now version {versions[0].version}{was}")
+    return f"models:/{name}@{CHAMPION} is now version {versions[0].version}{was}"
 
 
 def _superseded(client, info: SweepInfo) -> set[str]:

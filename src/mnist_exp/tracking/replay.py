@@ -109,11 +109,12 @@ class Uploader:
             return ledger
         start = self.record.events[0]
         known = (self.record.ids.get("run_id"), start.get("resume_run_id"),
-                 start["tags"].get("mlflow.parentRunId"))
+                 start["tags"].get("mlflow.parentRunId"), start.get("run_id"))
         if any(run_id and self._existing(run_id) for run_id in known):
             self._ledger = self.record.own
             return self._ledger
-        why = ("it is a sweep's job (its parent run is there)" if known[2] else
+        why = ("it writes to a run of its own store's" if known[3] else
+               "it is a sweep's job (its parent run is there)" if known[2] else
                "it holds only the resumed part of its run" if known[1] else
                None if self.record.keeps_copies else
                "its own store has it, and the record no longer keeps its files")

@@ -21,14 +21,17 @@ from mnist_exp.tracking.replay import LOGGED_MODEL, Uploader, retrying, unreacha
 from mnist_exp.tracking.tracker import Tracker
 
 __all__ = [  # importable from here, where their callers look for them
-    "HTTP_LIMITS", "LOGGED_MODEL", "Tracker", "Uploaded", "Uploader", "bound_http_calls",
-    "retrying", "unreachable", "upload_folder",
+    "HTTP_LIMITS", "KEPT_OPEN", "LOGGED_MODEL", "Tracker", "Uploaded", "Uploader",
+    "bound_http_calls", "retrying", "unreachable", "upload_folder",
 ]
 
 # Bound each call to a server: MLflow's defaults (7 retries with backoff, 120 s timeout)
 # keep a run waiting for minutes on a server that went away. The record makes retrying
 # here pointless: what fails is uploaded later.
 HTTP_LIMITS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+# In a record's folder: its run is ended by another step (a sweep's parent: by its summary,
+# or by ending its dead sweep), never KILLED by an upload that finds it open.
+KEPT_OPEN = "kept_open"
 
 
 def bound_http_calls() -> None:
@@ -88,7 +91,8 @@ def _to_do(record: RunRecord, uri: str | None) -> bool:
     after its last upload lacks only its end, which sync adds (KILLED)."""
     ledger = record.ledger_for(uri)
     missing = len(record.events) > ledger.uploaded and (ledger.own or record.keeps_copies)
-    return missing or record.needs_repair or (ledger.own and not record.ended)
+    unended = ledger.own and not record.ended and not (record.folder / KEPT_OPEN).exists()
+    return missing or record.needs_repair or unended
 
 
 def _upload_record(record: RunRecord, uri: str | None) -> Uploaded | None:
@@ -102,7 +106,7 @@ def _upload_record(record: RunRecord, uri: str | None) -> Uploaded | None:
         if not target:
             raise UserError(f"{record.folder}: its tracking URI had a password; give the "
                             "URI with --tracking-uri or MLFLOW_TRACKING_URI")
-    if not record.ended:
+    if not record.ended and not (record.folder / KEPT_OPEN).exists():
         last = max((e.get("timestamp") or e.get("start_time") or 0) for e in record.events)
         record.append("end", status="KILLED", end_time=last)
     uploader = Uploader(record, target)
