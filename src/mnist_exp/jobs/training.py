@@ -118,7 +118,8 @@ def run_experiment(config: Config, context: RunContext = RunContext()) -> RunRes
         log_timings(tracker, clock.seconds | context.timings)
         log_files(tracker, context.log_file)
         state.release()  # the run is done: nothing left to resume
-    return RunResult(tracker.run_id, run_name, experiment.id, redact(experiment.uri), model_uri,
+    experiment_id = experiment.id or tracker.record.ids.get("experiment_id")  # made by its upload
+    return RunResult(tracker.run_id, run_name, experiment_id, redact(experiment.uri), model_uri,
                      val.accuracy, test.accuracy, test.loss,
                      None if tracker.uploaded else tracker.record.folder)
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mlflow.exceptions import MlflowException
 from mlflow.tracking.context.registry import resolve_tags
 
 from mnist_exp import __version__
@@ -55,13 +56,27 @@ def open_experiment(settings: TrackingConfig, launch_dir: Path,
         opened = pool.submit(Experiment, uri, None)
     elif sweep is None:
         check_reachable(uri)
-        opened = pool.submit(lambda: Experiment(
-            uri, prepare_experiment(uri, settings.experiment_name)))
+        opened = pool.submit(_open_or_later, uri, settings.experiment_name)
     else:  # the sweep checked the store and made the experiment and parent run before any job
         opened = pool.submit(lambda: Experiment(
             sweep.tracking_uri, join_experiment(sweep.tracking_uri, sweep.experiment_id)))
     pool.shutdown(wait=False)
     return opened
+
+
+def _open_or_later(uri: str, name: str) -> Experiment:
+    """The run's experiment. A server that went away since it was checked, or refused the
+    experiment's creation, leaves it None: the run goes on into its record and its
+    experiment is made when its start is uploaded (as an offline run's is; a refusal then
+    ends the run in one line), not after MLflow's minutes of retries as a failed run."""
+    if not uri.startswith(("http://", "https://")):
+        return Experiment(uri, prepare_experiment(uri, name))
+    bound_http_calls()
+    try:
+        return Experiment(uri, prepare_experiment(uri, name))
+    except MlflowException as e:
+        log.debug("the experiment is made later, from the record: %s", first_line(e))
+        return Experiment(uri, None)
 
 
 @contextmanager
