@@ -1,0 +1,86 @@
+"""A fault at write k loses nothing and doubles nothing (issue 25): a tiny run (its model
+included) whose store is killed at write k, or refuses write k, then `python -m
+mnist_exp.sync`; the store then holds exactly what the same run without a fault holds.
+
+One real `mlflow server` for the module, behind the fault proxy of scripts/fault_proxy.py
+(a thread here); every k is scripts/fault_harness.py's, which these tests share. The default
+suite tries one k of each kind, the slow suite a spread of k."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from helpers import ROOT
+
+sys.path.insert(0, str(ROOT / "scripts"))
+import fault_harness  # scripts/ is not a package: found through sys.path
+from fault_proxy import FaultProxy, MlflowServer
+
+# The fault-free run's writes (34, MLflow 3): 1 experiment, 2 run, 3 params, 4-7 config
+# artifacts, 8-10 dataset inputs, 13 logged model, 16-23 its files, 24 its finalizing,
+# 25-26 metrics, 27-33 reports and plots, 34 the run's end.
+SAMPLE = (("killed", 13), ("refused", 1))
+SPREAD = (1, 3, 8, 14, 17, 24, 26, 34)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """The server, its proxy, and what the fault-free run left in it."""
+    folder = tmp_path_factory.mktemp("fault-store")
+    server = MlflowServer(folder / "server")
+    server.start()
+    proxy = FaultProxy(("127.0.0.1", server.port))
+    try:
+        expected = fault_harness.reference(proxy, folder / "reference")
+        yield proxy, expected, len(proxy.writes)
+    finally:
+        proxy.close()
+        server.stop()
+
+
+def test_the_reference_holds_a_whole_run(store):
+    _proxy, [run], writes = store
+    assert run["status"] == "FINISHED"
+    assert writes == 34  # SAMPLE and SPREAD name writes of this run: recount if it changes
+    [(_name, status, linked)] = run["models"]
+    assert status.endswith("READY") and "test_accuracy" in {key for (key, *_), _ in linked}
+    assert {"config.yaml", "curves.png", "run.log"} <= set(run["artifacts"])
+    assert ("accuracy", 0) in {(key, step) for key, step, _ in run["metrics"]}
+
+
+@pytest.mark.parametrize(("kind", "k"), SAMPLE)
+def test_a_fault_at_write_k_loses_nothing(store, tmp_path, kind, k):
+    proxy, expected, _ = store
+    assert fault_harness.check_fault(proxy, kind, k, tmp_path, expected) == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["killed", "refused"])
+@pytest.mark.parametrize("k", SPREAD)
+def test_a_fault_at_any_write_loses_nothing(store, tmp_path, kind, k):
+    proxy, expected, _ = store
+    assert fault_harness.check_fault(proxy, kind, k, tmp_path, expected) == []
+
+
+
+@pytest.fixture(scope="module")
+def sweep_reference(store, tmp_path_factory):
+    """What the fault-free 2-job sweep left in the store, and how many writes it made."""
+    proxy, _, _ = store
+    expected = fault_harness.reference(proxy, tmp_path_factory.mktemp("sweep"), sweep=True)
+    return expected, len(proxy.writes)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["killed", "refused"])
+def test_a_fault_in_a_sweeps_summary_loses_nothing(store, sweep_reference, tmp_path, kind):
+    """A 2-job grid sweep whose store fails at one of its last writes (the parent's summary:
+    best_* metrics, best_run_id tag, ranking and plot), then sync of the sweep folder."""
+    proxy, _, _ = store
+    expected, writes = sweep_reference
+    [parent] = [r for r in expected if r["tags"].get("mnist_exp.sweep") == "parent"]
+    assert len(expected) == 3 and "best_run_id" in parent["tags"]
+    assert fault_harness.check_fault(proxy, kind, writes - 3, tmp_path, expected,
+                                     sweep=True) == []
