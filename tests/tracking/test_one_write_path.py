@@ -116,3 +116,35 @@ def test_every_exception_has_a_reason_and_a_call():
     counts = Counter((f, api) for f, _, api in mlflow_writes())
     for key, reason in EXCEPTIONS.items():
         assert reason.strip() and counts[key] >= 1, key
+
+
+def test_the_sweeps_new_events_are_safe_to_replay(tmp_path):
+    """An untag and an alias event (a resumed sweep's parent, a champion) applied twice, as
+    a replay after a failure applies them, change nothing the second time."""
+    import time
+
+    import mlflow
+
+    from mnist_exp.tracking.record import RunRecord
+    from mnist_exp.tracking.replay import Uploader
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow.MlflowClient(uri)
+    client.create_registered_model("m")
+    source = client.create_run(client.create_experiment("models")).info.run_id
+    version = client.create_model_version("m", str(tmp_path), run_id=source).version
+    record = RunRecord.create(tmp_path / "record")
+    now = int(time.time() * 1000)
+    record.append("start", experiment_name="sweeps", run_name="parent", start_time=now,
+                  tags={"mnist_exp.ended_by": "sync", "kept": "yes"}, tracking_uri=uri)
+    record.append("untag", keys=["mnist_exp.ended_by"])
+    record.append("alias", name="m", alias="champion", version=version)
+    record.append("end", status="FINISHED", end_time=now)
+    for _ in range(2):
+        record.set_uploaded(1)  # after its start: what a replay after a failure sends again
+        Uploader(record, uri).upload()
+        run = client.get_run(record.ids["run_id"])
+        assert run.data.tags.get("kept") == "yes"
+        assert "mnist_exp.ended_by" not in run.data.tags
+        assert run.info.status == "FINISHED"
+        assert client.get_model_version_by_alias("m", "champion").version == version

@@ -115,6 +115,8 @@ class Uploader:
             return self._ledger
         why = ("it writes to a run of its own store's" if known[3] else
                "it is a sweep's job (its parent run is there)" if known[2] else
+               "it is a sweep's parent run (its jobs are there)"
+               if start["tags"].get("mnist_exp.sweep") == "parent" else
                "it holds only the resumed part of its run" if known[1] else
                None if self.record.keeps_copies else
                "its own store has it, and the record no longer keeps its files")
