@@ -128,6 +128,8 @@ class Search:
                              f"++hydra.job.env_set.{TRIAL_ENV}={trial._trial_id}")
                 self.running += 1
                 self.jobs += 1
+                # joblib's launcher numbers every one-job launch #0: say which job it is
+                log.info("Trial %d: job %d", trial.number, self.jobs - 1)
                 return Job(self.jobs - 1, overrides, trial)
             return None
 
