@@ -129,7 +129,8 @@ def test_two_joblib_workers_run_trials_back_to_back_and_a_resumed_search_adds_th
         mini, tmp_path):
     command = ("-m", "hparams_search=optuna", f"data.path={mini}", *ONE_EPOCH,
                "optimizer=sgd", f"{RATE}=tag(log, interval(1e-3, 1e13))",
-               "hydra/launcher=joblib", "hydra.sweeper.n_jobs=2")
+               "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",  # two processes, any machine
+               "hydra.sweeper.n_jobs=2")
     enqueue(tmp_path, 0.01, 0.02, 1e12, 0.03, 0.04)  # job 2's loss turns NaN
     first = run_module("mnist_exp.run", *command, "hydra.sweeper.n_trials=5",
                        "hydra.sweep.dir=first", "+hydra.callbacks.spans._target_="
