@@ -14,7 +14,6 @@ import math
 import os
 import signal
 import sys
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -25,6 +24,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from mnist_exp.cli.checks import CONF_DIR, compose_checked, plan_sweep
+from mnist_exp.cli.full_disk import check_room, quiet_disk_errors
 from mnist_exp.cli.native_log import quiet_native_startup
 from mnist_exp.cli.process_exit import exit_after
 from mnist_exp.config.preflight import check_fits_memory
@@ -57,7 +57,8 @@ def main() -> None:
     args = sys.argv[1:]
     # conf/hydra/launcher/ray.yaml shares the Ray plugin's name, on purpose (one name to
     # type); Hydra 1.3 warns about that on every sweep.
-    warnings.filterwarnings("ignore", message=".*is validated against ConfigStore schema")
+    # (The message starts with a newline, which `.` does not match without (?s).)
+    warnings.filterwarnings("ignore", message="(?s).*is validated against ConfigStore schema")
     flags = {a.split("=")[0] for a in args if a.startswith("-")}
     multirun = bool(flags & {"-m", "--multirun"})
     try:
@@ -104,8 +105,9 @@ def check_sweep(overrides: list[str]) -> None:
 
 
 def check_output_dir(overrides: list[str], multirun: bool) -> None:
-    """Hydra makes its output folder only once it starts the job, and one it cannot make
-    ends in a traceback: try it first, leaving nothing behind."""
+    """Hydra makes its output folder and writes its own files there only once it starts
+    the job, and a folder it cannot make or a disk that cannot take them ends in a
+    traceback: try it first, leaving nothing behind."""
     from hydra import compose, initialize_config_dir
 
     key = "sweep" if multirun else "run"
@@ -115,7 +117,7 @@ def check_output_dir(overrides: list[str], multirun: bool) -> None:
     made = [p for p in [folder, *folder.parents] if not p.exists()]
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryFile(dir=folder).close()
+        check_room(folder)  # a full disk: FolderUnwritable, its own line
     except OSError as e:
         raise ConfigError(f"hydra.{key}.dir={folder}: cannot write there ({e.strerror}); "
                           f"choose another hydra.{key}.dir") from None
@@ -135,6 +137,7 @@ def experiment(cfg: DictConfig) -> float:
     """
     hydra_cfg = HydraConfig.get()
     sweeping = hydra_cfg.mode == RunMode.MULTIRUN
+    quiet_disk_errors()  # Hydra has set up the job's log file by now
     started_ms = int(time.time() * 1000)
     if sweeping:
         for mark in (FAILED, STOPPED):  # an earlier try's

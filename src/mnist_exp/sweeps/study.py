@@ -133,11 +133,13 @@ def _with_driver(url: str) -> str:
 
 
 def make_sampler(name: str, seed: int | None) -> Any:
-    """TPE (the default), random or CMA-ES, seeded when a seed is given."""
+    """TPE (the default), random or CMA-ES, seeded when a seed is given. TPE lies about
+    trials still running (constant_liar), so parallel workers are not offered settings
+    next to ones another worker is training; alone, it changes nothing."""
     import optuna
 
     if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed)
+        return optuna.samplers.TPESampler(seed=seed, constant_liar=True)
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "cmaes":
