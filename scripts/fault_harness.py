@@ -27,10 +27,11 @@ from fault_proxy import KINDS, FaultProxy, MlflowServer
 RUN = ("data=mnist_sample", "data.max_train_samples=300", "data.max_test_samples=300",
        "trainer.epochs=1", "tracking.system_metrics=false", "tracking.flush_timeout_s=2",
        "tracking.run_name=fault", "hydra.run.dir=run", "hydra.sweep.dir=sweep")
-SWEEP = ("-m", "optimizer.learning_rate=0.001,0.002", "tracking.log_model=false")
+SWEEP = ("optimizer.learning_rate=0.001,0.002", "tracking.log_model=false")
 # What differs between two runs of one command: its words (the port, the experiment), the
 # code's commit (others commit meanwhile), and timings.
-VOLATILE_TAGS = {"command", "overrides", "mlflow.source.git.commit", "git.dirty"}
+VOLATILE_TAGS = {"command", "overrides", "mlflow.source.git.commit", "git.dirty",
+                 "mnist_exp.sweep_dir"}
 VOLATILE_PARAMS = {"tracking.experiment_name"}
 # The run's last line for a fault that outlasts it, and what the run exits with.
 ENDS = {"killed": (3, "mnist-exp: error: tracking server {url} not answering"),
@@ -50,8 +51,8 @@ def command(module: str, *args: str, cwd: Path, timeout: int = 600) -> subproces
 def tiny_run(proxy: FaultProxy, work: Path, experiment: str, sweep: bool = False
              ) -> subprocess.CompletedProcess:
     work.mkdir(parents=True, exist_ok=True)
-    return command("mnist_exp.run", f"tracking.uri={proxy.url}", *RUN,
-                   f"tracking.experiment_name={experiment}", *(SWEEP if sweep else ()), cwd=work)
+    return command("mnist_exp.run", *(("-m", *SWEEP) if sweep else ()), f"tracking.uri={proxy.url}",
+                   *RUN, f"tracking.experiment_name={experiment}", cwd=work)
 
 
 def snapshot(uri: str, experiment: str) -> list[dict]:
@@ -174,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--kinds", default="killed,refused",
                         help=f"comma-separated, of {', '.join(KINDS)}")
-    parser.add_argument("--k", default="all", help="all, or comma-separated write numbers")
+    parser.add_argument("--k", default="all",
+                        help="all, or comma-separated write numbers (-1: the last)")
     parser.add_argument("--sweep", action="store_true", help="a 2-job grid sweep instead")
     args = parser.parse_args(argv)
     folder = Path(tempfile.mkdtemp(prefix="fault-harness-"))
@@ -185,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         expected = reference(proxy, folder / "reference", args.sweep)
         writes = len(proxy.writes)
-        ks = range(1, writes + 1) if args.k == "all" else [int(k) for k in args.k.split(",")]
+        ks = range(1, writes + 1) if args.k == "all" else [  # -3: the third write from the end
+            int(k) + (writes + 1 if int(k) < 0 else 0) for k in args.k.split(",")]
         print(f"the fault-free {'sweep' if args.sweep else 'run'}: {writes} writes")
         for kind in args.kinds.split(","):
             for k in ks:

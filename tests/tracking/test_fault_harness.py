@@ -65,6 +65,15 @@ def test_a_fault_at_any_write_loses_nothing(store, tmp_path, kind, k):
 
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("k", (2, 14, 24, 34))
+def test_a_write_taken_whose_answer_was_lost_is_not_doubled(store, tmp_path, k):
+    """The store took write k but its answer was lost: the retry must not make a second run
+    (write 2, the run's creation, did: the first left RUNNING), model or point."""
+    proxy, expected, _ = store
+    assert fault_harness.check_fault(proxy, "lost_reply", k, tmp_path, expected) == []
+
+
 @pytest.fixture(scope="module")
 def sweep_reference(store, tmp_path_factory):
     """What the fault-free 2-job sweep left in the store, and how many writes it made."""

@@ -195,10 +195,19 @@ class Uploader:
         # The experiment's id in the run's own store; another store has its own.
         recorded = event.get("experiment_id") if known is None and self.ledger.own else None
         experiment_id = recorded or prepare_experiment(self.uri, event["experiment_name"])
-        run = self.client.create_run(experiment_id, start_time=event["start_time"],
-                                     tags=event["tags"], run_name=event["run_name"])
+        run = (self._created_unheard(experiment_id, event) if self.careful else None) or \
+            self.client.create_run(experiment_id, start_time=event["start_time"],
+                                   tags=event["tags"], run_name=event["run_name"])
         self.ledger.set_id("experiment_id", experiment_id)
         self.ledger.set_id("run_id", run.info.run_id)
+
+    def _created_unheard(self, experiment_id: str, event: dict[str, Any]) -> Any:
+        """The run an earlier try created whose answer was lost (the store took it, the
+        caller could not tell): same name and start time, to the millisecond. Filled in,
+        not doubled and left RUNNING."""
+        found = self.client.search_runs(
+            [experiment_id], f"attributes.start_time = {int(event['start_time'])}")
+        return next((r for r in found if r.info.run_name == event["run_name"]), None)
 
     def _existing(self, run_id: str) -> Any:
         try:
