@@ -7,7 +7,7 @@ the same run without a fault holds (issue 25).
 
 Write k is the k-th change the store is asked for (scripts/fault_proxy.py says what counts
 and how each kind fails). Compared: the runs' statuses, params, tags, every metric point
-(key, step, value; the time_*_s metrics by key and step), artifact paths, dataset inputs,
+(key, step, value; timings by key and step), artifact paths, dataset inputs,
 logged models with their linked metrics, and how many of each: nothing lost, nothing
 doubled. tests/tracking/test_fault_harness.py runs a few k with these functions.
 """
@@ -33,6 +33,7 @@ SWEEP = ("optimizer.learning_rate=0.001,0.002", "tracking.log_model=false")
 VOLATILE_TAGS = {"command", "overrides", "mlflow.source.git.commit", "git.dirty",
                  "mnist_exp.sweep_dir"}
 VOLATILE_PARAMS = {"tracking.experiment_name"}
+VOLATILE_METRICS = ("time_", "worker_utilisation")  # compared by key and step only
 # The run's last line for a fault that outlasts it, and what the run exits with.
 ENDS = {"killed": (3, "mnist-exp: error: tracking server {url} not answering"),
         "refused": (2, "mnist-exp: error: tracking store {url} refused"),
@@ -76,7 +77,7 @@ def _run_snapshot(client, run, models: list) -> dict:
     points: Counter = Counter()
     for key in run.data.metrics:
         for m in client.get_metric_history(run_id, key):
-            points[(key, m.step, None if key.startswith("time_") else m.value)] += 1
+            points[(key, m.step, None if key.startswith(VOLATILE_METRICS) else m.value)] += 1
     tags = {k: v for k, v in run.data.tags.items() if k not in VOLATILE_TAGS}
     for key in ("best_run_id", "mlflow.parentRunId"):  # ids differ: kept as "which one"
         if key in tags:
