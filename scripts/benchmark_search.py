@@ -165,7 +165,8 @@ def markdown(r: dict) -> str:
                      f" | {60 * r['trials'] / median[side]:.2f} | "
                      f"{f'{statistics.median(used):.0%}' if used else 'n/a'} |")
     lines += ["", f"ratio (ours / plain): {median['ours'] / median['plain']:.2f}x", ""]
-    costs = [fixed_costs(row["ours"]["trials"]) for row in rounds]
+    # With several workers, trials overlap: a trial's cycle is no longer its cost.
+    costs = [fixed_costs(row["ours"]["trials"]) for row in rounds if r["workers"] == 1]
     costs = [c for c in costs if c]
     if costs:
         keys = list(costs[0])

@@ -62,9 +62,10 @@ def main() -> None:
     start = time.perf_counter()
     trials = _parallel(args, spec) if args.workers > 1 else _search(args, spec, storage=None)
     wall = time.perf_counter() - start
-    busy = sum(t["seconds"] for t in trials)
+    # As the sweep's worker_utilisation: busy time over workers x (first start to last end).
+    span = max(t["end"] for t in trials) - min(t["start"] for t in trials)
     result = {"wall_s": wall, "trials": trials, "workers": args.workers,
-              "utilisation": busy / (args.workers * wall) if wall else None}
+              "utilisation": sum(t["seconds"] for t in trials) / (args.workers * span)}
     print(json.dumps(result))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
@@ -100,7 +101,8 @@ def _search(args: argparse.Namespace, spec: dict, storage) -> list[dict]:
 
 def _finished(study, trials: int) -> list[dict]:
     return [{"number": t.number, "state": t.state.name, "value": t.value, "params": t.params,
-             "seconds": t.duration.total_seconds()}
+             "seconds": t.duration.total_seconds(), "start": t.datetime_start.timestamp(),
+             "end": t.datetime_complete.timestamp()}
             for t in study.trials if t.duration and t.number < trials]
 
 
