@@ -10,9 +10,12 @@ light or heavy, imports its errors from here.
 
 from __future__ import annotations
 
+import errno
+import os
 import re
 import sys
 import traceback
+from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
@@ -83,6 +86,97 @@ class StoreRefused(UserError):
         self.whole_store = whole_store  # refused whatever is sent: no other record is tried
 
 
+class FolderUnwritable(UserError):
+    """A folder the run writes to (its output folder, its record, the folder it runs from)
+    is full, over quota, read-only or not ours: nothing in the run is wrong, its disk is. Exit
+    2: a fix (space, another folder), not a wait. `kept_in`: set when the run's end could
+    not reach its store either, so the record on disk is all there is of it."""
+
+    def __init__(self, folder: Path, error: OSError, path: Path | None = None) -> None:
+        self.folder, self.errno, self.kept_in = folder, error.errno, None
+        what, doing, advice = DISK_ERRORS[error.errno]
+        inside = path.relative_to(folder) if path is not None and path != folder else None
+        file = f" ({doing} {inside})" if inside is not None else ""
+        super().__init__(f"{what.format(folder=folder)}{file}: {advice} (hydra.run.dir, or "
+                         "the folder run from)")
+
+    def __str__(self) -> str:
+        if self.kept_in is None:
+            return super().__str__()
+        return (f"{super().__str__()}; its tracking store did not get the run's end either: "
+                f"its record keeps the run up to there; once there is room, upload it with: "
+                f"python -m mnist_exp.sync {self.kept_in}")
+
+
+# What a disk said, and what to do about it (FolderUnwritable).
+_ELSEWHERE = "or choose a folder on another disk"
+DISK_ERRORS = {
+    errno.ENOSPC: ("no space left on device under {folder}", "writing",
+                   f"free some space there, {_ELSEWHERE}"),
+    errno.EDQUOT: ("disk quota exceeded under {folder}", "writing",
+                   f"free some of your quota there, {_ELSEWHERE}"),
+    errno.EROFS: ("{folder} is on a read-only file system", "writing",
+                  "choose a folder on a writable disk"),
+    errno.EACCES: ("permission denied under {folder}", "at",
+                   "make it writable, or choose another folder"),
+    errno.EPERM: ("permission denied under {folder}", "at",
+                  "make it writable, or choose another folder"),
+}
+# An OSError that carries its errno in its text only: h5py's (the C error), shutil's Error
+# (the copies of a folder that failed, each with its source and target, in that order).
+_ERRNO_IN_TEXT = re.compile(r"\[Errno (\d+)\]|errno = (\d+)")
+_QUOTED_PATH = re.compile(r"'(/[^']+)'")
+
+
+def disk_error(error: BaseException | None) -> OSError | None:
+    """The disk error (DISK_ERRORS) behind `error`: itself, or what it was raised from or
+    while handling (Keras and h5py wrap it), with the file it names, if any."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError):
+            code, text = error.errno, str(error)
+            if code is None and (found := _ERRNO_IN_TEXT.search(text)):
+                code = int(found.group(1) or found.group(2))
+            if code in DISK_ERRORS:
+                if error.errno == code and error.filename:  # a copy's: filename2, the target
+                    return OSError(code, error.strerror, error.filename2 or error.filename)
+                named = _QUOTED_PATH.findall(text)  # the last: a copy's target
+                return OSError(code, os.strerror(code), named[-1] if named else None)
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def unwritable(error: BaseException, folders: Sequence[Path] = ()) -> FolderUnwritable | None:
+    """A disk error behind `error` as the line that names its folder: the deepest of
+    `folders` (the run's, the launch folder) holding the file it names, else that file's
+    own folder; for an error that names none, the first of `folders` whose disk is full or
+    read-only now, else the first. None for any other error."""
+    if isinstance(error, FolderUnwritable):
+        return error
+    found = disk_error(error)
+    if found is None:
+        return None
+    path = Path(os.fsdecode(found.filename)).absolute() if found.filename else None
+    candidates = [Path(f).absolute() for f in folders]
+    if path is not None:
+        holding = [f for f in candidates if path.is_relative_to(f)]
+        folder = max(holding, key=lambda f: len(f.parts)) if holding else path.parent
+    else:
+        folder = next((f for f in candidates if _cannot_take(f)),
+                      candidates[0] if candidates else Path.cwd())
+    return FolderUnwritable(folder, found, path)
+
+
+def _cannot_take(folder: Path) -> bool:
+    """Whether the disk under `folder` is full or read-only now."""
+    try:
+        disk = os.statvfs(folder)
+    except OSError:
+        return False
+    return disk.f_bavail == 0 or bool(disk.f_flag & os.ST_RDONLY)
+
+
 class JobsFailed(UserError):
     """Jobs of a sweep failed: the sweep ends as its first failed job would have alone."""
 
@@ -111,7 +205,9 @@ def first_line(e: BaseException) -> str:
 
 def describe(error: BaseException, log_file: Path | None = None) -> tuple[str, int]:
     """What the user sees of an error: one line and the exit code. A UserError is its own
-    message; anything else is unexpected, and its traceback goes to `log_file`."""
+    message; anything else is unexpected, and its traceback goes to `log_file`. A disk
+    that is full or cannot be written is the user's to fix (FolderUnwritable)."""
+    error = unwritable(error, [log_file.parent] if log_file else []) or error
     if isinstance(error, UserError):
         return str(error), error.exit_code
     if log_file is None:
