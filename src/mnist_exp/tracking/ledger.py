@@ -4,8 +4,10 @@ and the ids it gave the run and its models.
 A record belongs to the store its run was recorded for (its start's `tracking_uri`): that
 store's ledger is `uploaded` and `ids.json` in the record's folder. A sync to another store
 copies the run there as a new run, with a ledger of its own under stores/<key>/, and the
-record keeps its copies of files until its own store has everything (record.py). Light: no
-MLflow here.
+record keeps its copies of files until its own store has everything (record.py). A count
+or an id the disk cannot take (full, read-only) is kept in memory for the rest of the
+process: replaying is safe to repeat, so a count on disk that lags only costs a later sync a
+few events sent again. Light: no MLflow here.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from mnist_exp.errors import DataError, redact
+from mnist_exp.errors import DataError, disk_error, redact
 
 STORES = "stores"
 
@@ -38,6 +40,7 @@ class Ledger:
     def __init__(self, folder: Path, copy_of: str | None = None) -> None:
         self.folder = folder
         self.copy_of = copy_of
+        self._unsaved: dict[str, str] = {}  # what the disk would not take, by file name
 
     @classmethod
     def of_copy(cls, record_folder: Path, uri: str) -> Ledger:
@@ -52,11 +55,11 @@ class Ledger:
     def uploaded(self) -> int:
         """How many events, from the first, the store has: none while it has no run of
         ours (ids.json removed uploads the record anew; replaying is safe to repeat)."""
-        if not (self.folder / "ids.json").is_file():
+        if self._read("ids.json") is None:
             return 0
         try:
-            return int((self.folder / "uploaded").read_text())
-        except (OSError, ValueError):  # none yet, or damaged
+            return int(self._read("uploaded") or "")
+        except ValueError:  # none yet, or damaged
             return 0
 
     def set_uploaded(self, count: int) -> None:
@@ -66,10 +69,11 @@ class Ledger:
     def ids(self) -> dict[str, str]:
         """The run's (and its logged models') ids in the store, once it has them."""
         path = self.folder / "ids.json"
-        if not path.is_file():
+        text = self._read(path.name)
+        if text is None:
             return {}
         try:
-            ids = json.loads(path.read_bytes())
+            ids = json.loads(text)
         except ValueError:
             ids = None
         if not isinstance(ids, dict):
@@ -84,12 +88,35 @@ class Ledger:
         """Forget what the store had: it lost the run, which is uploaded again, anew."""
         for name in ("ids.json", "uploaded"):
             (self.folder / name).unlink(missing_ok=True)
+            self._unsaved.pop(name, None)
+
+    def save(self) -> bool:
+        """Write what the disk would not take before (it may have room now); whether all of
+        it is on disk."""
+        for name, text in list(self._unsaved.items()):
+            self._write(name, text)
+        return not self._unsaved
+
+    def _read(self, name: str) -> str | None:
+        if name in self._unsaved:
+            return self._unsaved[name]
+        try:
+            return (self.folder / name).read_text()
+        except OSError:  # none yet, or unreadable
+            return None
 
     def _write(self, name: str, text: str) -> None:
-        if not self.own:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            (self.folder / "uri").write_text(self.copy_of or "")
-        write_atomic(self.folder / name, text)
+        try:
+            if not self.own:
+                self.folder.mkdir(parents=True, exist_ok=True)
+                write_atomic(self.folder / "uri", self.copy_of or "")
+            write_atomic(self.folder / name, text)
+        except OSError as e:
+            if disk_error(e) is None:
+                raise
+            self._unsaved[name] = text
+        else:
+            self._unsaved.pop(name, None)
 
 
 def copies(record_folder: Path) -> list[Ledger]:
@@ -102,6 +129,30 @@ def copies(record_folder: Path) -> list[Ledger]:
 
 
 def write_atomic(path: Path, text: str) -> None:
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False) as f:
-        f.write(text)
-    os.replace(f.name, path)
+    """`path` holds `text`, or what it held: a write the disk refuses leaves no temporary
+    file behind."""
+    fd, name = tempfile.mkstemp(dir=path.parent)
+    try:
+        with open(fd, "w") as f:
+            f.write(text)
+        os.replace(name, path)
+    except BaseException:
+        Path(name).unlink(missing_ok=True)
+        raise
+
+
+def append_line(path: Path, line: str) -> None:
+    """Append `line` to `path` whole or not at all: a write the disk cuts short is taken
+    back, so a journal never ends in half a line because its disk filled up."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        size = os.fstat(fd).st_size
+        data = memoryview(line.encode())
+        try:
+            while data:
+                data = data[os.write(fd, data):]
+        except OSError:
+            os.ftruncate(fd, size)
+            raise
+    finally:
+        os.close(fd)

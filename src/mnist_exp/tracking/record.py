@@ -13,6 +13,11 @@ is recorded cut to fit, and kept whole as an artifact (limits.py).
 A journal cut by a power loss (a half-written last line) or damaged on disk is read up to
 its first unreadable line; `repair` keeps the events before it, ends the run FAILED with a
 tag naming the line, and keeps the damaged file beside it as events.jsonl.damaged.
+
+A disk that fills up (or turns read-only) stops the run in one line (FolderUnwritable); what
+it refused, the run's error and end are kept in memory and uploaded from there, so the store
+ends the run FAILED with the reason. The journal keeps whole lines; one the disk cut short
+(or its count, ledger.py) is set aside once uploaded, as events.jsonl.uploaded: sync skips it.
 """
 
 from __future__ import annotations
@@ -26,7 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mnist_exp.tracking.ledger import Ledger, copies, same_store, write_atomic
+from mnist_exp.errors import FolderUnwritable, unwritable
+from mnist_exp.tracking.ledger import Ledger, append_line, copies, same_store, write_atomic
 from mnist_exp.tracking.limits import fitted
 
 RECORD_DIR = "mlflow_record"
@@ -59,6 +65,7 @@ class RunRecord:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self.own = Ledger(folder)  # what the store the run was recorded for has of it
+        self.unwritable: FolderUnwritable | None = None  # the disk refused it: memory only
         self.reload()
 
     def reload(self) -> None:
@@ -146,8 +153,15 @@ class RunRecord:
         return event
 
     def _write(self, event: dict[str, Any]) -> dict[str, Any]:
-        with (self.folder / EVENTS).open("a") as f:
-            f.write(json.dumps(event, default=str) + "\n")
+        if self.unwritable is None:
+            try:
+                append_line(self.folder / EVENTS, json.dumps(event, default=str) + "\n")
+            except OSError as e:
+                self.unwritable = unwritable(e, [self.folder.parent])
+                if self.unwritable is None:
+                    raise
+                self._events.append(event)
+                raise self.unwritable from e
         self._events.append(event)
         return event
 
@@ -229,9 +243,23 @@ class RunRecord:
         return not (self.ended and not self.pending)
 
     def discard_copies(self) -> None:
-        """After a complete upload to its own store: it has the files; keep the journal."""
+        """After a complete upload to its own store: it has the files; keep the journal, or
+        set it aside if the disk cut it or its count short (see the module's docstring)."""
         for name in ("files", "model", "checkpoints"):
             shutil.rmtree(self.folder / name, ignore_errors=True)
+        if (not self.own.save() or self.unwritable) and (self.folder / EVENTS).exists():
+            os.replace(self.folder / EVENTS, self.folder / f"{EVENTS}.uploaded")
+
+    def drop_unrecorded(self) -> None:
+        """Remove the files no event names: what a full disk cut short (half a figure, a
+        model half saved) is no part of the record."""
+        named = {Path(e.get("file") or e["folder"]) for e in self._events
+                 if e["op"] in ("artifact", "model")}
+        for top in ("files", "model", "checkpoints"):
+            for path in (self.folder / top).rglob("*"):
+                inside = path.relative_to(self.folder)
+                if path.is_file() and not named & {inside, *inside.parents}:
+                    path.unlink()
 
 
 def records_folder(launch_dir: Path) -> Path:

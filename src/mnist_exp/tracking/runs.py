@@ -109,8 +109,11 @@ def tracked_run(uri: str, experiment_id: str | None, run_name: str, tags: dict[s
         raise
     except BaseException as e:
         status = "FAILED"
+        error = tracker.failed(e)  # a full disk: one line naming the folder
         _emit_at_end(tracker, "tags",
-                     values={"error": f"{type(e).__name__}: {first_line(e)}"[:5000]})
+                     values={"error": f"{type(error).__name__}: {first_line(error)}"[:5000]})
+        if error is not e:
+            raise error from e
         raise
     finally:
         if monitor is not None:
@@ -121,7 +124,7 @@ def tracked_run(uri: str, experiment_id: str | None, run_name: str, tags: dict[s
             settings.flush_timeout_s, 5.0)
         tracker.uploaded = tracker.finish(timeout)
         tracker.record.let_go()
-        if not tracker.uploaded and status != "FINISHED":
+        if not tracker.uploaded and status != "FINISHED" and tracker.failure is None:
             log.warning("%s", NotUploaded(tracker.record.folder, uri))
 
 

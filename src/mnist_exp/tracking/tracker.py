@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mnist_exp.errors import ServerDown, StoreRefused, UserError
+from mnist_exp.errors import FolderUnwritable, ServerDown, StoreRefused, UserError, unwritable
 from mnist_exp.tracking.record import RunRecord
 from mnist_exp.tracking.replay import Uploader
 from mnist_exp.tracking.store import check_reachable, redact
@@ -35,6 +35,7 @@ class Tracker:
         self._next_probe: float | None = None  # set while the server is away
         self.uploaded = False  # set by tracking.tracked_run at the run's end
         self.refused: StoreRefused | None = None  # the store refused an event: a fix, not a wait
+        self.failure: FolderUnwritable | None = None  # a disk that stopped the run (`failed`)
 
     @property
     def run_id(self) -> str | None:
@@ -75,7 +76,7 @@ class Tracker:
             return
         except ServerDown as e:
             self._next_probe = time.monotonic() + self.probe_every_s
-            if away:  # said once per outage
+            if away or self.failure is not None:  # said once per outage; or the run's line says
                 return
             # System metrics are sampled in MLflow's own thread; their failures would
             # warn every interval.
@@ -87,6 +88,13 @@ class Tracker:
         if away:
             log.warning("tracking server %s answers again: uploaded the %d events held back",
                         redact(self.uri), held_back)
+
+    def failed(self, error: BaseException) -> BaseException:
+        """What ended the run, as its `error` tag and the user's line should tell it: a disk
+        that is full or cannot be written (under the record, the folder run from) is one
+        line naming the folder (FolderUnwritable); anything else is itself."""
+        self.failure = unwritable(error, [self.record.folder.parent, Path.cwd()])
+        return self.failure or error
 
     def answers(self) -> bool:
         """Whether the server's `/health` answers: a cheap first look, not the verdict (a
@@ -103,8 +111,9 @@ class Tracker:
         if self.refused is not None:
             self.record.let_go()
             raise self.refused
+        self.record.drop_unrecorded()  # a file the run did not finish writing
         if self.offline:
-            return not self.record.pending
+            return self._kept(not self.record.pending)
         deadline = time.monotonic() + timeout_s
         while self.record.pending:
             self._next_probe = min(self._next_probe or 0.0, time.monotonic())
@@ -112,4 +121,9 @@ class Tracker:
             if not self.record.pending or time.monotonic() >= deadline:
                 break
             time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
-        return not self.record.pending
+        return self._kept(not self.record.pending)
+
+    def _kept(self, uploaded: bool) -> bool:
+        if not uploaded and self.failure is not None:  # its line says where the run is kept
+            self.failure.kept_in = self.record.folder
+        return uploaded
