@@ -3,8 +3,10 @@ guard, resumable state), the looped step and Keras' fit."""
 
 from __future__ import annotations
 
+import errno
 import itertools
 import math
+import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
@@ -109,8 +111,26 @@ def _callbacks(cfg: TrainerConfig, learning_rate: float,
         ))
     found += [*_schedule(cfg.lr_schedule, cfg.epochs, learning_rate), *callbacks, interrupts]
     if backup_dir is not None:
-        found.append(keras.callbacks.BackupAndRestore(str(backup_dir)))
+        found.append(_RoomyBackup(str(backup_dir)))
     return found
+
+
+class _RoomyBackup(keras.callbacks.BackupAndRestore):
+    """Keras' backup of each epoch, once its disk is seen to have room for it: HDF5 crashes
+    the process (a segfault as h5py closes the file) when the disk fills while it writes,
+    so a full disk is raised first, as the OSError a Python write would give."""
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        path = Path(self.backup_dir, "latest.weights.h5")  # Keras' name for it
+        held = path.stat().st_size if path.exists() else 0  # rewriting it frees it first
+        # The weights' and optimizer's float32 values and HDF5's own (~25 KB), with a margin.
+        need = 64 * 1024 + sum(5 * math.prod(v.shape) for v in
+                               [*self.model.weights, *self.model.optimizer.variables])
+        os.makedirs(self.backup_dir, exist_ok=True)
+        disk = os.statvfs(self.backup_dir)
+        if disk.f_bavail * disk.f_frsize < need - held:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        super().on_epoch_end(epoch, logs)
 
 
 def _progress(batches: BatchChunks | EpochKeys, samples: int, batch_size: int,
