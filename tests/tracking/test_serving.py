@@ -26,7 +26,8 @@ def champion(tmp_path_factory, mini):
 
     def sweep(*args: str) -> str:
         result = run_module("mnist_exp.run", "-m", f"data.path={mini}",
-                            "tracking.register_model=true", *args, cwd=workdir)
+                            "tracking.register_model=true", "tracking.keep_in_sweeps=all",
+                            *args, cwd=workdir)
         assert result.returncode == 0, result.stderr[-3000:]
         return result.stdout
 
