@@ -151,8 +151,9 @@ def append_line(path: Path, line: str) -> None:
         try:
             while data:
                 data = data[os.write(fd, data):]
-        except OSError:
+        except OSError as e:
             os.ftruncate(fd, size)
+            e.filename = e.filename or str(path)  # os.write's error names no file
             raise
     finally:
         os.close(fd)

@@ -18,7 +18,7 @@ from mlflow.tracking.context.registry import resolve_tags
 
 from mnist_exp import __version__
 from mnist_exp.config.schema import TrackingConfig
-from mnist_exp.errors import NotUploaded, first_line
+from mnist_exp.errors import FolderUnwritable, NotUploaded, first_line
 from mnist_exp.tracking.record import RunRecord
 from mnist_exp.tracking.store import (
     SweepInfo,
@@ -132,6 +132,8 @@ def _emit_at_end(tracker: Tracker, op: str, **fields: Any) -> None:
     """Record the run's error or end without masking the exception that ended it."""
     try:
         tracker.emit(op, **fields)
+    except FolderUnwritable:  # the record keeps it in memory, uploaded from there
+        pass
     except Exception as e:
         log.warning("the store refused the run's %s: %s", op, first_line(e))
 
