@@ -98,6 +98,20 @@ class Uploader:
         if self.record.ended and not self.record.pending:
             self.record.discard_copies()
 
+    def end_early(self, status: str, tags: dict[str, str]) -> None:
+        """The run's end, out of turn, when an event before it cannot be uploaded (a store
+        that refuses it, an artifact folder it cannot write): the store's run must not
+        stay RUNNING. Nothing is counted; sync later uploads the rest in order, this end
+        again included. Best effort: a store that takes nothing is left as it is."""
+        if self.run_id is None:
+            return
+        try:
+            for key, value in tags.items():
+                self.client.set_tag(self.run_id, key, value)
+            self.client.set_terminated(self.run_id, status)
+        except Exception as e:  # the record still holds the end: sync brings it
+            log.debug("the run's early end was not taken: %s", first_line(e))
+
     def _choose(self) -> Ledger:
         """The ledger to upload to. An address other than the record's own store's may
         still be that store (moved, or reached through a tunnel): one that holds the run,
@@ -203,11 +217,14 @@ class Uploader:
 
     def _created_unheard(self, experiment_id: str, event: dict[str, Any]) -> Any:
         """The run an earlier try created whose answer was lost (the store took it, the
-        caller could not tell): same name and start time, to the millisecond. Filled in,
-        not doubled and left RUNNING."""
+        caller could not tell): same name and start time, to the millisecond, RUNNING and
+        still empty, so another run's (a copy of this record, synced before) is never
+        taken. Filled in, not doubled and left RUNNING."""
         found = self.client.search_runs(
             [experiment_id], f"attributes.start_time = {int(event['start_time'])}")
-        return next((r for r in found if r.info.run_name == event["run_name"]), None)
+        return next((r for r in found if r.info.run_name == event["run_name"]
+                     and r.info.status == "RUNNING" and not r.data.params
+                     and not r.data.metrics), None)
 
     def _existing(self, run_id: str) -> Any:
         try:

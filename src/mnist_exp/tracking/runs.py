@@ -99,7 +99,7 @@ def tracked_run(uri: str, experiment_id: str | None, run_name: str, tags: dict[s
                  run_name=run_name, tags=tags, start_time=now(), resume_run_id=resume_run_id,
                  tracking_uri=redact(uri))
     monitor = _system_metrics(tracker, settings, resumed=resume_run_id is not None)
-    status = "FINISHED"
+    status, error_tags = "FINISHED", {}
     try:
         yield tracker
     except KeyboardInterrupt as e:
@@ -110,8 +110,8 @@ def tracked_run(uri: str, experiment_id: str | None, run_name: str, tags: dict[s
     except BaseException as e:
         status = "FAILED"
         error = tracker.failed(e)  # a full disk: one line naming the folder
-        _emit_at_end(tracker, "tags",
-                     values={"error": f"{type(error).__name__}: {first_line(error)}"[:5000]})
+        error_tags = {"error": f"{type(error).__name__}: {first_line(error)}"[:5000]}
+        _emit_at_end(tracker, "tags", values=error_tags)
         if error is not e:
             raise error from e
         raise
@@ -119,6 +119,8 @@ def tracked_run(uri: str, experiment_id: str | None, run_name: str, tags: dict[s
         if monitor is not None:
             monitor.finish()
         _emit_at_end(tracker, "end", status=status, end_time=now())
+        if status != "FINISHED" and tracker.blocked:
+            tracker.uploader.end_early(status, error_tags)
         # Ctrl-C asked to stop now: no long wait for a server that is away.
         timeout = settings.flush_timeout_s if status == "FINISHED" else min(
             settings.flush_timeout_s, 5.0)

@@ -46,6 +46,13 @@ class Tracker:
         if not self.offline:
             self._upload()
 
+    @property
+    def blocked(self) -> bool:
+        """Whether events wait behind one the store would not take (not a store that is
+        away, nor an offline run's: those are uploaded later as they are)."""
+        return (not self.offline and self._next_probe is None and self.run_id is not None
+                and self.record.pending > 0)
+
     def keep_file(self, source: Path, artifact_path: str | None = None) -> None:
         self.emit("artifact", file=self.record.keep(source, artifact_path),
                   artifact_path=artifact_path)
