@@ -83,7 +83,7 @@ def _finish(info: SweepInfo, sweep_dir: Path, registered: str | None) -> JobsFai
     # A resumed sweep's earlier try is apart in time from this one: no utilisation of both.
     use = None if info.resumed else utilisation([(r.info.start_time, r.info.end_time)
                                                  for r in jobs])
-    best = rows[0] if rows and rows[0].val_accuracy is not None else None
+    best = rows[0] if rows and report.ranked(rows[0]) else None  # never a stopped run
     record = parent_record(sweep_dir, info)
     crowned = None
     if not record.ended:  # else recorded by an earlier try, and only its upload is left
