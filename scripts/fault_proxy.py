@@ -148,19 +148,23 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class MlflowServer:
-    """`mlflow server` over SQLite with proxied artifacts in `folder`, on a free port."""
+    """`mlflow server` over SQLite with proxied artifacts in `folder`, on a free port kept
+    across restarts (a server that comes back comes back at its address); `env` adds to
+    its environment (the tests' stores that refuse a value too long, say)."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, env: dict[str, str] | None = None) -> None:
         self.folder = folder
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.env = env or {}
         self.process = None
 
     def start(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         log = self.folder / "server.log"
         env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
-               "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+               "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+               **self.env}
         self.process = spawn(
             [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port",
              str(self.port), "--backend-store-uri", f"sqlite:///{self.folder / 'server.db'}",

@@ -15,16 +15,11 @@ whose description is too long for a param or a tag, copied for each test."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
-import time
-import urllib.request
 from collections import Counter
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -41,47 +36,14 @@ from mnist_exp.tracking.record import EVENTS, RECORD_DIR, RunRecord
 from mnist_exp.tracking.replay import Uploader
 from mnist_exp.tracking.tracker import Tracker
 
+sys.path.insert(0, str(ROOT / "scripts"))
+from fault_proxy import MlflowServer  # scripts/ is no package: found on sys.path
+
+# Its stores refuse a value too long instead of cutting it, as a stricter or older one does.
+STRICT = {"MLFLOW_TRUNCATE_LONG_VALUES": "false"}
+
 DESCRIPTION = "far-too-long-" * 700  # 9,100 characters: over a param's 6,000 and a tag's 8,000
 WHOLE = "whole_values/params/tracking.description.txt"
-
-
-class Server:
-    """`mlflow server` over SQLite with proxied artifacts in `folder`, on a port kept across
-    restarts (a server that comes back comes back at its address)."""
-
-    def __init__(self, folder: Path) -> None:
-        folder.mkdir(parents=True)
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.folder = folder
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
-               "MLFLOW_TRUNCATE_LONG_VALUES": "false",
-               "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port",
-             str(self.port), "--backend-store-uri", f"sqlite:///{self.folder / 'server.db'}",
-             "--artifacts-destination", str(self.folder / "artifacts"), "--workers", "1"],
-            cwd=self.folder, env=env, stdout=subprocess.DEVNULL,
-            stderr=(self.folder / "server.log").open("a"), start_new_session=True)
-        deadline = time.monotonic() + 300
-        while True:
-            try:
-                urllib.request.urlopen(f"{self.url}/health", timeout=2).close()
-                return
-            except OSError:
-                assert self.process.poll() is None and time.monotonic() < deadline, \
-                    (self.folder / "server.log").read_text()[-3000:]
-                time.sleep(0.3)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            self.process.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +62,7 @@ def record(tmp_path_factory) -> Path:
 def servers(tmp_path_factory):
     """Two servers, A and B, for the module (each test its own experiment in them)."""
     folder = tmp_path_factory.mktemp("servers")
-    pair = Server(folder / "a"), Server(folder / "b")
+    pair = MlflowServer(folder / "a", STRICT), MlflowServer(folder / "b", STRICT)
     try:
         for server in pair:
             server.start()
