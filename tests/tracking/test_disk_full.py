@@ -45,7 +45,7 @@ FILL_POINTS = {
     "end": (96 * 4096, False),  # the run's log copied in, its last events
     "backup": (32 * 4096, True),  # Keras' backup of an epoch, in the launch folder
 }
-DEFAULT = ("hydra", "record", "model")
+DEFAULT = ("hydra", "model")  # 0 bytes (no run made), and a full disk mid-run
 
 
 @functools.cache
