@@ -19,6 +19,7 @@ import shutil
 import signal
 import subprocess
 import threading
+import time
 from datetime import datetime
 from types import FrameType
 
@@ -136,15 +137,21 @@ def take_slurm_signals(signal_delay_s: float | None) -> bool:
     return True
 
 
-def job_fields(job_id: str) -> dict[str, str]:
+def job_fields(job_id: str, tries: int = 3) -> dict[str, str]:
     """SLURM's record of a job (`scontrol show job -o`) as KEY=value pairs; {} when the
-    controller does not answer."""
-    try:
-        shown = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True,
-                               text=True, timeout=20)
-    except (OSError, subprocess.TimeoutExpired):
-        return {}
-    return dict(word.split("=", 1) for word in shown.stdout.split() if "=" in word)
+    controller does not answer. A controller busy ending jobs can miss one question, so
+    it is asked up to `tries` times."""
+    for attempt in range(tries):
+        try:
+            shown = subprocess.run(["scontrol", "show", "job", "-o", job_id],
+                                   capture_output=True, text=True, timeout=20)
+        except (OSError, subprocess.TimeoutExpired):
+            shown = None
+        if shown is not None and shown.returncode == 0 and "JobState=" in shown.stdout:
+            return dict(word.split("=", 1) for word in shown.stdout.split() if "=" in word)
+        if attempt + 1 < tries:
+            time.sleep(1.0)
+    return {}
 
 
 def stop_reason(number: int, fields: dict[str, str], signal_delay_s: float,
