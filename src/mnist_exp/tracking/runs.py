@@ -34,6 +34,7 @@ from mnist_exp.tracking.upload import Tracker, bound_http_calls
 log = logging.getLogger(__name__)
 
 NOTE = "mlflow.note.content"  # the run's description in mlflow ui
+INCOMPLETE = "mnist_exp.incomplete"  # a finished run the store holds only part of, for now
 
 
 @dataclass(frozen=True)
@@ -119,8 +120,8 @@ def tracked_run(uri: str, experiment_id: str | None, run_name: str, tags: dict[s
         if monitor is not None:
             monitor.finish()
         _emit_at_end(tracker, "end", status=status, end_time=now())
-        if status != "FINISHED" and tracker.blocked:
-            tracker.uploader.end_early(status, error_tags)
+        if tracker.blocked:
+            _end_early(tracker, status, error_tags)
         # Ctrl-C asked to stop now: no long wait for a server that is away.
         timeout = settings.flush_timeout_s if status == "FINISHED" else min(
             settings.flush_timeout_s, 5.0)
@@ -128,6 +129,18 @@ def tracked_run(uri: str, experiment_id: str | None, run_name: str, tags: dict[s
         tracker.record.let_go()
         if not tracker.uploaded and status != "FINISHED" and tracker.failure is None:
             log.warning("%s", NotUploaded(tracker.record.folder, uri))
+
+
+def _end_early(tracker: Tracker, status: str, error_tags: dict[str, str]) -> None:
+    """The store's run ended now, out of turn, while events wait behind one it would not
+    take: it must not stay RUNNING until a sync. A run that finished is FAILED there, and
+    tagged INCOMPLETE, until sync uploads the rest: its record's end then makes it FINISHED,
+    and the event after it takes the tag off."""
+    if status == "FINISHED":
+        error_tags = {INCOMPLETE: "the store did not take all of the run; the rest is in "
+                                  f"{tracker.record.folder}: python -m mnist_exp.sync"}
+        _emit_at_end(tracker, "untag", keys=[INCOMPLETE])
+    tracker.uploader.end_early("FAILED" if status == "FINISHED" else status, error_tags)
 
 
 def _emit_at_end(tracker: Tracker, op: str, **fields: Any) -> None:
