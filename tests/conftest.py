@@ -1,10 +1,14 @@
 """Shared fixtures: the real config, the real digits shipped with the package, one real
-tiny run. Nothing here reads outside the checkout."""
+tiny run, a real PostgreSQL server for the tests that ask for one. Nothing here reads
+outside the checkout."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
+import sys
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +17,7 @@ import mlflow
 import numpy as np
 import pytest
 
-from helpers import MINI, SECRET, TINY, run_module, write_idx
+from helpers import MINI, ROOT, SECRET, TINY, run_module, write_idx
 from mnist_exp.data.load import load_idx_folder
 
 # The tiny run's own tags and note; system metrics sampled every second, so a run of a few
@@ -90,3 +94,26 @@ def run(client):
     runs = client.search_runs([experiment.experiment_id])
     assert len(runs) == 1
     return runs[0]
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[dict]:
+    """A real PostgreSQL server (scripts/services.py) for the session's tests that need one,
+    each in a database of its own; stopped by pid even on failure, skipped where PostgreSQL
+    is not installed. test_team_stack.py has its own, in one folder with its S3 and mlflow
+    server."""
+    if str(ROOT / "scripts") not in sys.path:
+        sys.path.insert(0, str(ROOT / "scripts"))
+    import services  # scripts/ is not a package
+
+    folder = Path(tempfile.mkdtemp(prefix="mnist-exp-postgres-"))
+    folder.chmod(0o711)  # user postgres must reach its data folder inside
+    try:
+        try:
+            recorded = services.up("postgres", folder)
+        except services.NotInstalled as e:
+            pytest.skip(f"postgres: {e}")
+        yield recorded
+    finally:
+        services.down("postgres", folder)  # nothing to stop where it did not start
+        shutil.rmtree(folder, ignore_errors=True)

@@ -22,6 +22,7 @@ from hydra import compose, initialize_config_dir
 
 from mnist_exp.cli.run import CONF_DIR
 from mnist_exp.data.load import LOCAL_FOLDERS
+from mnist_exp.tracking.record import RECORD_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 MINI = LOCAL_FOLDERS["mnist_sample"]  # 8,000 / 2,000 real digits, in the package
@@ -63,6 +64,18 @@ def run_module(module: str, *args: str, cwd: Path, env: dict | None = None,
     """`python -m module args...` in `cwd`, as a user would type it."""
     return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=child_env(env),
                           capture_output=True, text=True, timeout=timeout)
+
+
+def offline_record(work: Path, *overrides: str) -> Path:
+    """The record of a tiny run made offline in `work` (1 epoch, 300 digits, its model
+    included, no system metrics), for tests of sync to copy and upload; `overrides` adds to
+    the run's settings."""
+    made = run_module("mnist_exp.run", "data=mnist_sample", "data.max_train_samples=300",
+                      "data.max_test_samples=300", "trainer.epochs=1", "tracking.offline=true",
+                      "tracking.system_metrics=false", f"tracking.uri=sqlite:///{work / 'x.db'}",
+                      *overrides, "hydra.run.dir=run", cwd=work)
+    assert made.returncode == 0, made.stderr[-3000:]
+    return work / "run" / RECORD_DIR
 
 
 def start_module(module: str, *args: str, cwd: Path,

@@ -124,6 +124,16 @@ def assert_stopped(lines: list[str], job: int, reason: str, returncode: int | No
     assert reason in lines[-1]
 
 
+def assert_long_job_killed(process: subprocess.Popen, folder: Path, server: str,
+                           experiment: str, reason: str) -> None:
+    """A sweep of one LONG job, stopped by SLURM for `reason`: the sweep says so and exits
+    143, the job's run is KILLED with that stop_reason."""
+    assert_stopped(ended(process, folder), 0, f"({reason})", process.returncode)
+    _, _, jobs = runs_of(server, experiment)
+    assert jobs[LONG[15:]].info.status == "KILLED"
+    assert jobs[LONG[15:]].data.tags["stop_reason"] == reason
+
+
 @slow
 def test_scancel_ends_the_run_killed_and_the_sweep_ranks_only_the_others(tmp_path, sweep,
                                                                           slurm, server):
@@ -151,11 +161,7 @@ def test_a_job_at_its_time_limit_ends_its_run_killed(tmp_path, sweep, server):
     # submitit's USR2 comes first, which stop_reason also names a time limit).
     process = sweep("tracking.experiment_name=timelimit", "hydra.launcher.timeout_min=1",
                     "hydra.launcher.signal_delay_s=0", LONG)
-    lines = ended(process, tmp_path)
-    assert_stopped(lines, 0, "(time limit)", process.returncode)
-    _, _, jobs = runs_of(server, "timelimit")
-    assert jobs[LONG[15:]].info.status == "KILLED"
-    assert jobs[LONG[15:]].data.tags["stop_reason"] == "time limit"
+    assert_long_job_killed(process, tmp_path, server, "timelimit", "time limit")
 
 
 @slow
@@ -164,11 +170,7 @@ def test_a_preempted_job_ends_its_run_killed(tmp_path, sweep, slurm, server):
     training(tmp_path, 0)
     cores = slurm_cmd(slurm, "sinfo", "-h", "-o", "%c").strip()
     slurm_cmd(slurm, "sbatch", "-p", "urgent", "-c", cores, "-o", "/dev/null", "--wrap", "true")
-    lines = ended(process, tmp_path)
-    assert_stopped(lines, 0, "(preempted)", process.returncode)
-    _, _, jobs = runs_of(server, "preempted")
-    assert jobs[LONG[15:]].info.status == "KILLED"
-    assert jobs[LONG[15:]].data.tags["stop_reason"] == "preempted"
+    assert_long_job_killed(process, tmp_path, server, "preempted", "preempted")
 
 
 @slow

@@ -1,25 +1,17 @@
 """Where an Optuna study lives: a SQLite file for jobs on one machine, Optuna's journal file
 for jobs sharing a file system, PostgreSQL for a team. Real Optuna throughout; the searches
-run for real, the PostgreSQL one on a server of its own (scripts/services.py)."""
+run for real, the PostgreSQL one on a real server (conftest.py's postgres)."""
 
 from __future__ import annotations
-
-import shutil
-import sys
-import tempfile
-from pathlib import Path
 
 import optuna
 import psycopg2
 import pytest
 from optuna.storages.journal import JournalFileOpenLock
 
-from helpers import ROOT, run_module, sweep_runs
+from helpers import run_module, sweep_runs
 from mnist_exp.errors import ConfigError
 from mnist_exp.sweeps.study import cluster_note, open_storage, resolve_storage
-
-sys.path.insert(0, str(ROOT / "scripts"))
-import services  # scripts/ is not a package: found through sys.path
 
 SEARCH = ("-m", "hparams_search=optuna", "data=mnist_sample", "data.max_train_samples=300",
           "data.max_test_samples=200", "trainer.epochs=1", "tracking.log_model=false",
@@ -99,24 +91,6 @@ def test_a_parallel_search_on_a_journal_file_continues_where_it_stopped(tmp_path
     per_parent = sorted(sum(c.data.tags["mlflow.parentRunId"] == p.info.run_id
                             for c in children) for p in parents)
     assert per_parent == [2, 4]  # the second search ran only the 2 trials still missing
-
-
-@pytest.fixture(scope="module")
-def postgres():
-    """A PostgreSQL server of the module's own, stopped by pid even on failure; skipped
-    where PostgreSQL is not installed."""
-    folder = Path(tempfile.mkdtemp(prefix="mnist-exp-study-"))
-    folder.chmod(0o711)  # user postgres must reach its data folder inside
-    try:
-        recorded = services.up("postgres", folder)
-    except services.NotInstalled as e:
-        shutil.rmtree(folder, ignore_errors=True)
-        pytest.skip(f"postgres: {e}")
-    try:
-        yield recorded
-    finally:
-        services.down("postgres", folder)
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.mark.slow

@@ -16,7 +16,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from helpers import own_lines, run_module
+from helpers import offline_record, own_lines, run_module
 from mnist_exp.tracking.record import DAMAGE_TAG, EVENTS, RECORD_DIR
 
 # Ways a line goes bad: the zeros a power loss leaves, binary noise, JSON that is no event,
@@ -27,13 +27,7 @@ GARBAGE = (b"\x00" * 64, bytes(range(11, 250)), b"[1, 2, 3]", b'{"op": "metrics"
 @pytest.fixture(scope="module")
 def record(tmp_path_factory) -> Path:
     """The record of a tiny run made offline (1 epoch, 300 digits, its model included)."""
-    work = tmp_path_factory.mktemp("offline")
-    made = run_module("mnist_exp.run", "data=mnist_sample", "data.max_train_samples=300",
-                      "data.max_test_samples=300", "trainer.epochs=1", "tracking.offline=true",
-                      "tracking.system_metrics=false", f"tracking.uri=sqlite:///{work / 'x.db'}",
-                      "hydra.run.dir=run", cwd=work)
-    assert made.returncode == 0, made.stderr[-3000:]
-    return work / "run" / RECORD_DIR
+    return offline_record(tmp_path_factory.mktemp("offline"))
 
 
 def lines_of(record: Path) -> list[bytes]:

@@ -29,7 +29,7 @@ import mlflow
 import pytest
 from mlflow.utils import validation
 
-from helpers import ROOT, own_lines, run_module, start_module
+from helpers import ROOT, offline_record, own_lines, run_module, start_module
 from mnist_exp.errors import StoreRefused, redact
 from mnist_exp.tracking import limits
 from mnist_exp.tracking.record import EVENTS, RECORD_DIR, RunRecord
@@ -48,14 +48,10 @@ WHOLE = "whole_values/params/tracking.description.txt"
 
 @pytest.fixture(scope="module")
 def record(tmp_path_factory) -> Path:
-    """The record of a tiny run made offline (1 epoch, 300 digits, its model included)."""
-    work = tmp_path_factory.mktemp("offline")
-    made = run_module("mnist_exp.run", "data=mnist_sample", "data.max_train_samples=300",
-                      "data.max_test_samples=300", "trainer.epochs=1", "tracking.offline=true",
-                      "tracking.system_metrics=false", f"tracking.description={DESCRIPTION}",
-                      f"tracking.uri=sqlite:///{work / 'x.db'}", "hydra.run.dir=run", cwd=work)
-    assert made.returncode == 0, made.stderr[-3000:]
-    return work / "run" / RECORD_DIR
+    """The record of a tiny run made offline (1 epoch, 300 digits, its model included),
+    whose description is too long for a param or a tag."""
+    return offline_record(tmp_path_factory.mktemp("offline"),
+                          f"tracking.description={DESCRIPTION}")
 
 
 @pytest.fixture(scope="module")
@@ -318,27 +314,6 @@ def test_an_offline_record_copied_to_another_server_first_still_goes_to_its_own(
     again = run_module("mnist_exp.sync", "run", cwd=tmp_path)
     assert again.returncode == 0 and "nothing to upload" in again.stdout
     assert len(runs_of(b.url, "offline")[1]) == 1
-
-
-@pytest.fixture(scope="module")
-def postgres():
-    """A PostgreSQL server of the module's own, stopped by pid even on failure; skipped
-    where PostgreSQL is not installed."""
-    sys.path.insert(0, str(ROOT / "scripts"))
-    import services  # scripts/ is not a package
-
-    folder = Path(tempfile.mkdtemp(prefix="mnist-exp-accepted-"))
-    folder.chmod(0o711)  # user postgres must reach its data folder inside
-    try:
-        recorded = services.up("postgres", folder)
-    except services.NotInstalled as e:
-        shutil.rmtree(folder, ignore_errors=True)
-        pytest.skip(f"postgres: {e}")
-    try:
-        yield recorded
-    finally:
-        services.down("postgres", folder)
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.mark.slow
