@@ -92,13 +92,13 @@ class FolderUnwritable(UserError):
     2: a fix (space, another folder), not a wait. `kept_in`: set when the run's end could
     not reach its store either, so the record on disk is all there is of it."""
 
-    def __init__(self, folder: Path, error: OSError, path: Path | None = None) -> None:
+    def __init__(self, folder: Path, error: OSError, path: Path | None = None,
+                 setting: str = "hydra.run.dir, or the folder run from", role: str = "") -> None:
         self.folder, self.errno, self.kept_in = folder, error.errno, None
         what, doing, advice = DISK_ERRORS[error.errno]
         inside = path.relative_to(folder) if path is not None and path != folder else None
-        file = f" ({doing} {inside})" if inside is not None else ""
-        super().__init__(f"{what.format(folder=folder)}{file}: {advice} (hydra.run.dir, or "
-                         "the folder run from)")
+        file = f" ({doing} {inside}{role})" if inside is not None else ""
+        super().__init__(f"{what.format(folder=folder)}{file}: {advice} ({setting})")
 
     def __str__(self) -> str:
         if self.kept_in is None:
@@ -106,6 +106,30 @@ class FolderUnwritable(UserError):
         return (f"{super().__str__()}; its tracking store did not get the run's end either: "
                 f"its record keeps the run up to there; once there is room, upload it with: "
                 f"python -m mnist_exp.sync {self.kept_in}")
+
+
+class StoreUnwritable(FolderUnwritable):
+    """The disk under a SQLite tracking store (its database, or its mlruns/ beside it) is
+    full or cannot be written: the store takes nothing more, yet it is not away (no wait
+    helps) nor did it refuse the run (nothing in the run is wrong). The run stops as on its
+    own full disk (exit 2), its record keeps it, and sync uploads it once there is room."""
+
+    whole_store = True  # takes nothing, whichever record is sent: sync tries no other
+
+    def __init__(self, database: Path, error: OSError, path: Path | None = None,
+                 record: Path | None = None) -> None:
+        path = path or database
+        folder = database.parent if path.is_relative_to(database.parent) else path.parent
+        super().__init__(folder, error, path, setting="tracking.uri, or the folder run from",
+                         role=", the tracking store")
+        self.database, self.record = database, record
+
+    def __str__(self) -> str:
+        record = self.record or self.kept_in
+        if record is None:
+            return UserError.__str__(self)
+        return (f"{UserError.__str__(self)}; its record {record} keeps the run: once there is "
+                f"room, upload it with: python -m mnist_exp.sync {record}")
 
 
 # What a disk said, and what to do about it (FolderUnwritable).
@@ -126,11 +150,19 @@ DISK_ERRORS = {
 # (the copies of a folder that failed, each with its source and target, in that order).
 _ERRNO_IN_TEXT = re.compile(r"\[Errno (\d+)\]|errno = (\d+)")
 _QUOTED_PATH = re.compile(r"'(/[^']+)'")
+# SQLite's own words for a disk that cannot take a write (its sqlite3 errors carry the
+# result code; SQLAlchemy, MLflow and Optuna wrap them): the file is a database of ours, on
+# our disk, not a store that is away. SQLITE_FULL; SQLITE_READONLY (a file or, 1544, a
+# folder not writable), not its other kinds (a database file moved or replaced).
+_SQLITE_CODES = {13: errno.ENOSPC, 8: errno.EACCES, 1544: errno.EACCES}
+_SQLITE_TEXTS = {"database or disk is full": errno.ENOSPC,
+                 "attempt to write a readonly database": errno.EACCES}
 
 
 def disk_error(error: BaseException | None) -> OSError | None:
     """The disk error (DISK_ERRORS) behind `error`: itself, or what it was raised from or
-    while handling (Keras and h5py wrap it), with the file it names, if any."""
+    while handling (Keras and h5py wrap it), with the file it names, if any; or SQLite's
+    (_SQLITE_CODES), which names none."""
     seen = set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))
@@ -143,8 +175,20 @@ def disk_error(error: BaseException | None) -> OSError | None:
                     return OSError(code, error.strerror, error.filename2 or error.filename)
                 named = _QUOTED_PATH.findall(text)  # the last: a copy's target
                 return OSError(code, os.strerror(code), named[-1] if named else None)
+        elif (code := _sqlite_disk_error(error)) is not None:  # names no file
+            return OSError(code, os.strerror(code))
         error = error.__cause__ or error.__context__
     return None
+
+
+def _sqlite_disk_error(error: BaseException) -> int | None:
+    """The errno of a SQLite error that says its disk cannot take a write (_SQLITE_CODES)."""
+    if type(error).__module__ != "sqlite3":
+        return None
+    code = getattr(error, "sqlite_errorcode", None)
+    if isinstance(code, int):
+        return _SQLITE_CODES.get(code)
+    return next((c for words, c in _SQLITE_TEXTS.items() if words in str(error)), None)
 
 
 def unwritable(error: BaseException, folders: Sequence[Path] = ()) -> FolderUnwritable | None:

@@ -15,20 +15,18 @@ digits, 2 epochs): a size that lands a step earlier or later still checks all of
 
 from __future__ import annotations
 
-import functools
 import json
 import shlex
-import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
 import pytest
 
-from helpers import TINY, child_env, own_lines, run_module
+from helpers import TINY, own_lines, run_module
 from mnist_exp.tracking.record import EVENTS, RECORD_DIR
+from small_disk import in_namespace
 
 SIZE = 8 * 1024 * 1024  # the small disk; a filler leaves `free` bytes of it
 RUN = ("data=mnist_sample", *TINY, "model.hidden_units=[8]")
@@ -46,24 +44,6 @@ FILL_POINTS = {
     "backup": (32 * 4096, True),  # Keras' backup of an epoch, in the launch folder
 }
 DEFAULT = ("hydra", "model")  # 0 bytes (no run made), and a full disk mid-run
-
-
-@functools.cache
-def namespace() -> tuple[list[str] | None, str]:
-    """How to run a command with a tmpfs of its own: as root, or in a user namespace."""
-    why = ""
-    for prefix in (["unshare", "--mount"], ["unshare", "--user", "--map-root-user", "--mount"]):
-        with tempfile.TemporaryDirectory() as folder:
-            try:
-                probe = subprocess.run([*prefix, "mount", "-t", "tmpfs", "tmpfs", folder],
-                                       capture_output=True, text=True, timeout=30)
-            except (OSError, subprocess.SubprocessError) as e:
-                why = str(e)
-                continue
-        if probe.returncode == 0:
-            return prefix, ""
-        why = probe.stderr.strip()
-    return None, why
 
 
 @dataclass(frozen=True)
@@ -99,17 +79,6 @@ def run_on_small_disk(tmp_path: Path, free: int, launch_inside: bool) -> Outcome
     in_namespace(script)
     return Outcome(int((out / "rc").read_text()), (out / "stderr").read_text(),
                    (out / "stdout").read_text(), small, out / "run", uri)
-
-
-def in_namespace(script: str) -> None:
-    """Run a shell script in a mount namespace of its own (skip where none can be made)."""
-    prefix, why = namespace()
-    if prefix is None:
-        pytest.skip(f"no tmpfs can be mounted here, neither as root (`unshare --mount`) nor "
-                    f"in a user namespace (`unshare --user --map-root-user --mount`): {why}")
-    done = subprocess.run([*prefix, "sh", "-c", script], env=child_env(), capture_output=True,
-                          text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
 
 
 def check_one_line(outcome: Outcome) -> str:

@@ -9,11 +9,16 @@ ranked) leaves a STOPPED file instead: it did not fail, yet the sweep is not com
 
 from __future__ import annotations
 
+import errno
+import logging
+import os
 import re
 from pathlib import Path
 
-from mnist_exp.errors import JobsFailed, redact
+from mnist_exp.errors import DISK_ERRORS, FolderUnwritable, JobsFailed, redact, unwritable
 from mnist_exp.tracking.store import SweepInfo
+
+log = logging.getLogger(__name__)
 
 FAILED = "FAILED"
 STOPPED = "STOPPED"
@@ -21,9 +26,26 @@ _EXIT_CODE = re.compile(r"^exit code: (\d+)$", re.MULTILINE)
 
 
 def write_failure(job_dir: Path, message: str, exit_code: int, mark: str = FAILED) -> None:
-    """Leave the job's failure (or stop) in its folder: the user's line, then its exit code."""
-    job_dir.mkdir(parents=True, exist_ok=True)  # a job SLURM ended before it started
-    (job_dir / mark).write_text(f"{message}\nexit code: {exit_code}\n")
+    """Leave the job's failure (or stop) in its folder: the user's line, then its exit code.
+    A disk that cannot take that line (full, over quota) mostly still takes empty files,
+    which need no room: the mark, and beside it one named after the disk's error
+    (FAILED.ENOSPC), from which `read_failure` tells the line. One that takes nothing
+    (read-only) leaves a line in the log, never a traceback."""
+    mark_file = job_dir / mark
+    try:
+        job_dir.mkdir(parents=True, exist_ok=True)  # a job SLURM ended before it started
+        for stale in job_dir.glob(f"{mark}.E*"):
+            stale.unlink()
+        mark_file.write_text(f"{message}\nexit code: {exit_code}\n")
+    except OSError as e:
+        full = unwritable(e, [job_dir])
+        if full is None:
+            raise
+        try:
+            mark_file.write_bytes(b"")  # what a cut write left, if anything: the name tells
+            (job_dir / f"{mark}.{errno.errorcode[full.errno]}").touch()
+        except OSError:
+            log.error("%s: the job's %s file could not be left there either", full, mark)
 
 
 def read_failure(job_dir: Path) -> tuple[str, int] | None:
@@ -33,9 +55,21 @@ def read_failure(job_dir: Path) -> tuple[str, int] | None:
     if path is None:
         return None
     text = path.read_text().strip()
+    if not text and (disk := _disk_mark(path)) is not None:
+        return str(FolderUnwritable(job_dir, OSError(disk, os.strerror(disk)),
+                                    setting="hydra.sweep.dir")), FolderUnwritable.exit_code
     code = _EXIT_CODE.search(text)
     return (text.splitlines()[0] if text else "no reason recorded",
             int(code.group(1)) if code else 1)
+
+
+def _disk_mark(path: Path) -> int | None:
+    """The disk error an empty mark was left with (write_failure), if any."""
+    for name in sorted(p.name for p in path.parent.glob(f"{path.name}.E*")):
+        code = getattr(errno, name.removeprefix(f"{path.name}."), None)
+        if code in DISK_ERRORS:
+            return code
+    return None
 
 
 def jobs_failed(sweep_dir: Path) -> JobsFailed | None:

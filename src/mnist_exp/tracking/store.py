@@ -11,6 +11,7 @@ import importlib.util
 import json
 import logging
 import os
+import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -18,7 +19,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from mnist_exp.errors import TrackingError
+from mnist_exp.errors import StoreUnwritable, TrackingError, unwritable
 from mnist_exp.errors import redact as redact  # lives with the errors that show URIs
 
 DEFAULT_DB = "mlflow.db"
@@ -93,18 +94,34 @@ def prepare_experiment(uri: str, name: str) -> str:
     import mlflow
 
     open_store(uri)
-    with _creating(uri):
-        client = mlflow.MlflowClient()
-        experiment = client.get_experiment_by_name(name)
-        if experiment is None:
-            return client.create_experiment(name, artifact_location=artifact_root(uri),
-                                            tags={EXPERIMENT_KIND: MODEL_TRAINING})
-    if experiment.lifecycle_stage == "deleted":
-        raise TrackingError(f"MLflow experiment {name!r} is deleted; restore it in mlflow ui or "
-                            "set tracking.experiment_name to another name")
-    if EXPERIMENT_KIND not in experiment.tags:  # made before we marked them, or by others
-        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND, MODEL_TRAINING)
+    with _disk_told(uri):
+        with _creating(uri):
+            client = mlflow.MlflowClient()
+            experiment = client.get_experiment_by_name(name)
+            if experiment is None:
+                return client.create_experiment(name, artifact_location=artifact_root(uri),
+                                                tags={EXPERIMENT_KIND: MODEL_TRAINING})
+        if experiment.lifecycle_stage == "deleted":
+            raise TrackingError(f"MLflow experiment {name!r} is deleted; restore it in mlflow "
+                                "ui or set tracking.experiment_name to another name")
+        if EXPERIMENT_KIND not in experiment.tags:  # made before we marked them, or by others
+            client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND, MODEL_TRAINING)
     return experiment.experiment_id
+
+
+@contextmanager
+def _disk_told(uri: str) -> Iterator[None]:
+    """A SQLite store whose disk cannot take its tables or experiment: one line naming the
+    folder (StoreUnwritable), not MLflow's traceback."""
+    try:
+        yield
+    except Exception as e:
+        from mnist_exp.tracking.refusals import store_unwritable
+
+        full = store_unwritable(e, uri)
+        if full is None:
+            raise
+        raise full from None
 
 
 @contextmanager
@@ -193,6 +210,8 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
     tracking server does not answer: MLflow's own client would retry for minutes, after
     the data was loaded."""
     check_usable(uri)
+    if uri.startswith("sqlite:///"):
+        return check_store_room(uri)
     if uri.startswith(("postgresql", "mysql", "mssql")):
         return _check_database(uri, timeout)
     if not uri.startswith(("http://", "https://")):
@@ -206,6 +225,29 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
         raise TrackingError(f"tracking server {redact(uri)} does not answer ({reason}); start "
                             "it, or set tracking.uri or MLFLOW_TRACKING_URI to a reachable "
                             "store") from None
+
+
+# A run's first writes to an existing SQLite store (its run, first events, the rollback
+# journal beside them), twice over: a disk that cannot take them stops the run before it
+# starts, as a full run folder does (cli/full_disk.py). A new store's tables need more: a
+# disk that cannot take those is told when they are made (prepare_experiment).
+STORE_ROOM = 64 * 1024
+
+
+def check_store_room(uri: str) -> None:
+    """Write STORE_ROOM bytes beside a SQLite store's database and take them back:
+    StoreUnwritable if its disk cannot take them (full, over quota, read-only)."""
+    database = Path(uri.removeprefix("sqlite:///").split("?")[0]).expanduser().absolute()
+    try:
+        with tempfile.TemporaryFile(dir=database.parent) as f:
+            f.write(bytes(STORE_ROOM))
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        found = unwritable(e, [database.parent])
+        if found is None:
+            raise
+        raise StoreUnwritable(database, OSError(found.errno, os.strerror(found.errno))) from None
 
 
 def _check_database(uri: str, timeout: float) -> None:
