@@ -1,7 +1,9 @@
 """A sweep killed outright (SIGKILL: no handler runs) leaves nothing RUNNING once it is
 resumed or synced: its parent run and the job run it had open end KILLED, tagged
-mnist_exp.ended_by. A sweep's process holds a lock on <sweep dir>/sweep.lock for its life,
-so a dead one is told from a live one by the lock alone. The searches and sweeps run for
+mnist_exp.ended_by, and an Optuna search's interrupted trial is told FAIL. A sweep's
+process holds a lock on <sweep dir>/sweep.lock for its life, so a dead one is told from a
+live one by the lock alone; one from before there were locks is ended only when the user
+says it has died (sync --dead-sweeps). The searches and sweeps run for
 real; the kill comes from a Hydra callback of the test's (sweep_hooks.KillOnceRunExists),
 once the job's MLflow run exists."""
 
@@ -22,8 +24,9 @@ import pytest
 
 from helpers import ONE_EPOCH, child_env, run_module, sweep_runs
 from mnist_exp.errors import UserError
-from mnist_exp.sweeps import liveness
-from mnist_exp.sweeps.liveness import ENDED_BY, end_dead_sweeps, hold_sweep, locks_shared
+from mnist_exp.sweeps import sweep_lock
+from mnist_exp.sweeps.liveness import ENDED_BY, end_dead_sweeps
+from mnist_exp.sweeps.sweep_lock import hold_sweep, locks_shared
 from mnist_exp.tracking.record import RunRecord
 from mnist_exp.tracking.store import SweepInfo, prepare_experiment
 from mnist_exp.tracking.tracker import Tracker
@@ -62,14 +65,18 @@ def holder(sweep_dir: Path) -> subprocess.Popen:
     """A process that holds the sweep's lock, as a sweep's process does, until killed."""
     process = subprocess.Popen(
         [sys.executable, "-c", "import sys, time; from pathlib import Path; "
-         "from mnist_exp.sweeps.liveness import hold_sweep; hold_sweep(Path(sys.argv[1])); "
+         "from mnist_exp.sweeps.sweep_lock import hold_sweep; hold_sweep(Path(sys.argv[1])); "
          "print('held', flush=True); time.sleep(600)", str(sweep_dir)],
         env=child_env(), stdout=subprocess.PIPE, text=True)
     assert process.stdout.readline() == "held\n"
     return process
 
 
-def test_a_dead_sweeps_open_runs_end_killed_and_a_live_ones_are_left(tmp_path, caplog):
+def open_sweep(tmp_path: Path, jobs: int = 2) -> tuple[mlflow.MlflowClient, str, str,
+                                                       list[Tracker]]:
+    """A sweep folder whose parent run and `jobs` job runs were started and never ended,
+    with no sweep.lock (as one made before there were locks): the store's client, the
+    parent's id, a RUNNING job run with no record here, and the jobs' trackers."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     experiment = prepare_experiment(uri, "e")
     client = mlflow.MlflowClient(uri)
@@ -80,14 +87,21 @@ def test_a_dead_sweeps_open_runs_end_killed_and_a_live_ones_are_left(tmp_path, c
     nested = {"mlflow.parentRunId": parent}
     loose = client.create_run(experiment, tags=nested).info.run_id  # no record of its own
     trackers = [Tracker(RunRecord.create(sweep / str(job) / "mlflow_record"), uri)
-                for job in (0, 1)]
+                for job in range(jobs)]
     for job, tracker in enumerate(trackers):  # each job's run started, never ended
         tracker.emit("start", experiment_id=experiment, experiment_name="e",
                      run_name=f"job {job}", tags=nested, start_time=int(time.time() * 1000),
                      tracking_uri=uri)
+    return client, parent, loose, trackers
+
+
+def test_a_dead_sweeps_open_runs_end_killed_and_a_live_ones_are_left(tmp_path, caplog):
+    client, parent, loose, trackers = open_sweep(tmp_path)
+    sweep = tmp_path / "sweep"
     trackers[1].record.hold()  # job 1 still runs (a SLURM job outliving its sweep)
     assert end_dead_sweeps([tmp_path]) == []  # no lock file (made before there was one)
     assert client.get_run(parent).info.status == "RUNNING"  # alive or dead: not told
+    assert f"python -m mnist_exp.sync --dead-sweeps {sweep} ends" in caplog.text  # but named
     sweeper = holder(sweep)
     assert end_dead_sweeps([tmp_path]) == []  # its sweep lives
     with pytest.raises(UserError, match=r"running now \(pid"):
@@ -97,8 +111,9 @@ def test_a_dead_sweeps_open_runs_end_killed_and_a_live_ones_are_left(tmp_path, c
 
     gone = tmp_path / "gone"  # a dead sweep whose parent run the store does not hold
     gone.mkdir()
-    SweepInfo(uri, experiment, "0" * 32, "g").save(gone)
-    (gone / liveness.LOCK).write_text(f"pid 1 on {socket.gethostname()}\n")
+    SweepInfo(f"sqlite:///{tmp_path / 'mlflow.db'}", client.get_run(parent).info.experiment_id,
+              "0" * 32, "g").save(gone)
+    (gone / sweep_lock.LOCK).write_text(f"pid 1 on {socket.gethostname()}\n")
     [line] = end_dead_sweeps([tmp_path])  # the other sweep's runs are still ended
     assert f"{gone}: could not end the runs its dead sweep left open" in caplog.text
     assert line == (f"{sweep}: the sweep's process had died; ended KILLED ({ENDED_BY}=sync): "
@@ -110,6 +125,69 @@ def test_a_dead_sweeps_open_runs_end_killed_and_a_live_ones_are_left(tmp_path, c
     assert [r.data.tags.get(ENDED_BY) for r in status.values()] == ["sync"] * 3 + [None]
     assert end_dead_sweeps([tmp_path]) == []  # nothing left open: said once
     trackers[1].record.let_go()
+
+
+def test_a_dead_searchs_trials_are_told_fail_but_one_whose_job_still_runs(tmp_path):
+    """The trials come from the jobs' Hydra settings, as each job found its study; a job
+    whose record a live process holds (a SLURM job outliving its sweep) keeps its trial."""
+    client, parent, _, trackers = open_sweep(tmp_path)
+    sweep = tmp_path / "sweep"
+    study = optuna.create_study(study_name="s", storage=f"sqlite:///{tmp_path}/optuna.db")
+    trials = [study.ask({}) for _ in range(3)]  # trial 2: another search's, running
+    for job, tracker in enumerate(trackers):
+        settings = tracker.record.folder.parent / ".hydra" / "hydra.yaml"
+        settings.parent.mkdir()
+        settings.write_text(f"hydra:\n  sweeper:\n    study_name: s\n    storage: null\n"
+                            f"  runtime:\n    cwd: {tmp_path}\n  job:\n    env_set:\n"
+                            f"      MNIST_EXP_OPTUNA_TRIAL: '{trials[job]._trial_id}'\n")
+    (sweep / sweep_lock.LOCK).write_text(f"pid 1 on {socket.gethostname()}\n")
+    trackers[1].record.hold()  # job 1 still runs
+    try:
+        [line] = end_dead_sweeps([sweep])
+    finally:
+        trackers[1].record.let_go()
+    assert line.endswith(f"and 2 job run(s); Optuna trial(s) 0 of study 's' in "
+                         f"sqlite:///{tmp_path.resolve()}/optuna.db told FAIL")
+    assert [t.state.name for t in study.trials] == ["FAIL", "RUNNING", "RUNNING"]
+    assert client.get_run(parent).info.status == "RUNNING"  # ended in its record, not yet
+    assert upload_folder(sweep) == [] and client.get_run(parent).info.status == "KILLED"
+
+
+def test_a_sweep_from_before_locks_is_named_and_ended_once_the_user_says_it_died(tmp_path):
+    """sync cannot tell whether a sweep with no sweep.lock still runs: it names the sweep
+    and how to end it, in one line, and ends it as a dead sweep only with --dead-sweeps."""
+    client, parent, loose, [job] = open_sweep(tmp_path, jobs=1)
+    synced = run_module("mnist_exp.sync", "sweep", cwd=tmp_path)
+    assert synced.returncode == 0, synced.stderr[-3000:]
+    assert synced.stderr.splitlines() == [
+        f"sweep: its parent run {parent} is RUNNING, and whether its sweep still runs cannot "
+        "be told: it has no sweep.lock (it started before sweeps held one); once its process "
+        "has ended, python -m mnist_exp.sync --dead-sweeps sweep ends its open runs KILLED"]
+    runs = (parent, loose)  # the job's own record, left by a dead process, is ended by sync
+    assert [client.get_run(r).info.status for r in runs] == ["RUNNING"] * 2
+    assert client.get_run(job.run_id).info.status == "KILLED"
+
+    synced = run_module("mnist_exp.sync", "--dead-sweeps", "sweep", cwd=tmp_path)
+    assert synced.returncode == 0, synced.stderr[-3000:]
+    assert synced.stdout.splitlines()[0] == (
+        f"sweep: the sweep's process said to have ended; ended KILLED ({ENDED_BY}=sync): its "
+        f"parent run {parent} and 1 job run(s)")
+    assert [client.get_run(r).info.status for r in runs] == ["KILLED"] * 2
+    assert [client.get_run(r).data.tags[ENDED_BY] for r in runs] == ["sync"] * 2
+    again = run_module("mnist_exp.sync", "sweep", cwd=tmp_path)
+    assert again.returncode == 0 and again.stderr == ""  # nothing open: not named again
+
+
+def test_a_sweep_said_to_be_dead_whose_lock_is_held_is_left_alone(tmp_path, caplog):
+    client, parent, _, _ = open_sweep(tmp_path, jobs=0)
+    sweeper = holder(tmp_path / "sweep")
+    try:
+        assert end_dead_sweeps([tmp_path], declared=True) == []
+    finally:
+        sweeper.kill()
+        sweeper.wait()
+    assert "its sweep is running now (its lock is held): left as it is" in caplog.text
+    assert client.get_run(parent).info.status == "RUNNING"
 
 
 def _runs(workdir: Path):
@@ -138,6 +216,28 @@ def test_a_search_killed_outright_is_closed_when_the_same_command_runs_again(tmp
     study = optuna.load_study(study_name="mnist_exp", storage=f"sqlite:///{tmp_path}/optuna.db")
     assert [t.state.name == "FAIL" for t in study.trials] == [False, False, True, False, False]
     assert study.trials[2].user_attrs["abandoned"]  # the interrupted trial, run anew
+
+
+@pytest.mark.slow
+def test_a_search_killed_outright_has_its_trial_ended_by_sync(tmp_path):
+    """sync ends the interrupted trial as the same search run again would: FAIL, marked
+    abandoned (so a later search runs it anew); the finished trial is left as it was."""
+    killed_at(1, *SEARCH, "hydra.sweep.dir=sweep", cwd=tmp_path)
+    storage = f"sqlite:///{tmp_path.resolve()}/optuna.db"
+    study = optuna.load_study(study_name="mnist_exp", storage=storage)
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "RUNNING"]  # the kill's
+    synced = run_module("mnist_exp.sync", "sweep", cwd=tmp_path)
+    assert synced.returncode == 0, synced.stderr[-3000:]
+    _, [parent], children = _runs(tmp_path)
+    assert synced.stdout.splitlines()[0] == (
+        f"sweep: the sweep's process had died; ended KILLED ({ENDED_BY}=sync): its parent "
+        f"run {parent.info.run_id} and 1 job run(s); Optuna trial(s) 1 of study 'mnist_exp' "
+        f"in {storage} told FAIL")
+    assert [r.info.status for r in [parent, *children] if r.info.status == "RUNNING"] == []
+    study = optuna.load_study(study_name="mnist_exp", storage=storage)
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "FAIL"]
+    assert study.trials[1].user_attrs["abandoned"] and "abandoned" not in study.trials[0].user_attrs
+    assert "told FAIL" not in run_module("mnist_exp.sync", "sweep", cwd=tmp_path).stdout
 
 
 @pytest.mark.slow
@@ -199,10 +299,10 @@ def test_another_machines_lock_counts_only_where_locks_are_shared(path, shared):
 
 def test_a_free_lock_of_another_machine_proves_nothing_where_locks_are_not_shared(
         tmp_path, monkeypatch):
-    lock = tmp_path / liveness.LOCK
-    for host, shared, dead in [("elsewhere", False, False), (socket.gethostname(), False, True),
+    lock = tmp_path / sweep_lock.LOCK
+    for host, shared, dead in [("elsewhere", False, None), (socket.gethostname(), False, True),
                                ("elsewhere", True, True)]:
         lock.write_text(f"pid 1 on {host}\n")
-        monkeypatch.setattr(liveness, "locks_shared", lambda path, shared=shared: shared)
-        with liveness._if_dead(tmp_path) as judged:
-            assert judged is dead, (host, shared)
+        monkeypatch.setattr(sweep_lock, "locks_shared", lambda path, shared=shared: shared)
+        with sweep_lock.if_dead(tmp_path) as judged:
+            assert judged is dead, (host, shared)  # None: it cannot be told

@@ -57,6 +57,7 @@ class OptunaSweeper(Sweeper):
         from hydra_plugins.mnist_exp_optuna.space import parse_params
         from mnist_exp.sweeps.study import (
             cluster_note,
+            fail_abandoned,
             make_pruner,
             make_sampler,
             open_storage,
@@ -77,7 +78,9 @@ class OptunaSweeper(Sweeper):
         if note := cluster_note(url, self.config.hydra.launcher):
             log.warning(note)
         url = redact(url)  # shown from here on
-        _fail_abandoned(study)
+        for number in fail_abandoned(study):  # left by a search that was stopped
+            log.warning("Trial %d was left running by an earlier, stopped search: marked "
+                        "failed", number)
         _reseed(study, self.sampler)
         done = _counted(study)
         log.info("Optuna study %r in %s: %d of %d trials done%s", self.study_name, url, done,
@@ -207,18 +210,8 @@ def _counted(study: Any) -> int:
     data point), but not those an interrupted earlier run left behind."""
     from optuna.trial import TrialState
 
+    from mnist_exp.sweeps.study import ABANDONED
+
     return sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED)
-               or (t.state == TrialState.FAIL and "abandoned" not in t.user_attrs)
+               or (t.state == TrialState.FAIL and ABANDONED not in t.user_attrs)
                for t in study.get_trials(deepcopy=False))
-
-
-def _fail_abandoned(study: Any) -> None:
-    """Trials still RUNNING when the search starts were left by a run that was stopped
-    (Ctrl-C, a crash): tell them FAIL so the study reads true; they are run again."""
-    from optuna.trial import TrialState
-
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        study._storage.set_trial_user_attr(t._trial_id, "abandoned", True)  # no public way
-        study.tell(t.number, state=TrialState.FAIL)
-        log.warning("Trial %d was left running by an earlier, stopped search: marked failed",
-                    t.number)

@@ -29,6 +29,7 @@ from omegaconf import OmegaConf, open_dict, read_write
 
 from mnist_exp.sweeps.cluster import STOP_REASON, STOPPED_EXIT, take_slurm_signals
 from mnist_exp.sweeps.failures import STOPPED, write_failure
+from mnist_exp.sweeps.liveness import end_open_records
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,7 @@ class SlurmLauncher(submitit_launcher.SlurmLauncher):
         ret = self._stopped_return(overrides, number)
         job_dir = Path(ret.hydra_cfg.hydra.runtime.output_dir)
         write_failure(job_dir, line, STOPPED_EXIT, STOPPED)
-        end_open_records(job_dir, reason)
+        end_open_records(job_dir, {STOP_REASON: reason})  # a held record: its job may run
         log.error("job %d stopped: %s", number, line)
         return ret
 
@@ -109,26 +110,3 @@ class SlurmLauncher(submitit_launcher.SlurmLauncher):
                 str(config.hydra.sweep.dir), str(config.hydra.sweep.subdir)).absolute())
         return JobReturn(overrides=overrides, hydra_cfg=config, working_dir=os.getcwd(),
                          status=JobStatus.COMPLETED, _return_value=math.nan)
-
-
-def end_open_records(job_dir: Path, reason: str) -> None:
-    """End KILLED, with tag stop_reason, the run records in `job_dir` that the job could not
-    end (SIGKILL runs no handler); the sweep's end uploads them. A record some process
-    still holds (a job SLURM could not tell about may still run) is left to it."""
-    from mnist_exp.tracking.record import find_records
-
-    for record in find_records([job_dir]):
-        if record.ended or record.needs_repair or not record.events:
-            continue
-        try:
-            record.hold()
-        except BlockingIOError:
-            continue
-        try:
-            record.reload()
-            if not record.ended:
-                last = max(e.get("timestamp") or e.get("start_time") or 0 for e in record.events)
-                record.append("tags", values={STOP_REASON: reason})
-                record.append("end", status="KILLED", end_time=last)
-        finally:
-            record.let_go()

@@ -8,7 +8,10 @@ record is kept until its own store has it too. It is safe to repeat: what the se
 already has is skipped. Only what a store took counts as uploaded: one that refuses (a
 password, a run it lacks, a value, not an MLflow store) is named in one line, exit 2. A
 sweep whose server was away at its end gets its summary (ranking, plot, best model) on its
-parent run once its jobs are uploaded.
+parent run once its jobs are uploaded. A sweep whose process died (its sweep.lock is free)
+has its open runs ended KILLED, and its Optuna trials still running told FAIL; one whose
+life cannot be told (no sweep.lock: started before sweeps held one) is named, and ended
+so only with --dead-sweeps.
 """
 
 from __future__ import annotations
@@ -49,6 +52,11 @@ def main(argv: list[str] | None = None) -> int:
                              "store, which gets a copy of the run (the record is kept until "
                              "its own store has it too). A record whose URI had a password, "
                              "shown as ***, goes to $MLFLOW_TRACKING_URI")
+    parser.add_argument("--dead-sweeps", action="store_true",
+                        help="the sweeps under FOLDERS whose process sync cannot tell alive "
+                             "or dead (no sweep.lock: started before sweeps held one) have "
+                             "ended: end their open runs KILLED, as a dead sweep's (a sweep "
+                             "whose lock is held still runs, and is left alone)")
     args = parser.parse_args(argv)
     missing = [str(f) for f in args.folders if not f.is_dir()]
     if missing:
@@ -62,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     bound_http_calls()
     outcome = _Outcome()
     try:
-        for line in end_dead_sweeps(args.folders):  # a sweep killed outright: its open runs
+        # a sweep killed outright (or said to be dead): its open runs and trials ended
+        for line in end_dead_sweeps(args.folders, declared=args.dead_sweeps):
             print(line)
         left = [r for folder in args.folders
                 for r in upload_folder(folder, args.tracking_uri, outcome.report, outcome.failed)]

@@ -1,133 +1,113 @@
-"""Whether a sweep's process still lives, and ending what a dead one left RUNNING.
+"""Ending what a sweep whose process died left RUNNING.
 
 A sweep killed outright (SIGKILL, the OOM killer, a lost node) runs no handler: its parent
-run and the job runs it had open stay RUNNING in MLflow. How long a run has been RUNNING
-cannot tell a dead sweep from a long one, nor from one on another machine; so the
-launching process holds an exclusive flock on <sweep dir>/sweep.lock for its whole life,
-and the kernel lets it go when the process dies, whatever killed it (on NFSv4 the server
-frees the locks of a machine that went down once its lease lapses). A sweep whose lock
-can be taken is dead; one whose folder is not on this machine, or that has no lock file
-(started before there was one), cannot be judged and is left alone. Each job's own
-record has a lock of the same kind (tracking/record.py), so a job that outlived its sweep
-(a SLURM job) is left alone too.
+run and the job runs it had open stay RUNNING in MLflow. Its process held the sweep's
+lock (sweep_lock.py) for its life: a sweep whose lock can be taken is dead; one whose
+folder is not on this machine, or that has no lock file (started before there was one),
+cannot be judged: sync names it and leaves it alone until the user says its process has
+ended (sync --dead-sweeps). Each job's own record has a lock of the same kind
+(tracking/record.py), so a job that outlived its sweep (a SLURM job) is left alone too.
 
 The runs a dead sweep left open are ended KILLED and tagged mnist_exp.ended_by (resume or
 sync), each through a local record (uploaded as any record is): its jobs' own, its
-parent's (parent.py), and, for a run with none here, one that writes to it.
+parent's (parent.py), and, for a run with none here, one that writes to it. The Optuna
+trials a dead search left running are told FAIL, as the same search run again tells them
+(study.fail_abandoned).
 """
 
 from __future__ import annotations
 
-import fcntl
 import logging
-import os
-import socket
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from mnist_exp.errors import ServerDown, UserError, first_line
 from mnist_exp.sweeps.summary import SUMMARY_PENDING
+from mnist_exp.sweeps.sweep_lock import LOCK, if_dead
+from mnist_exp.sweeps.sweep_lock import hold_sweep as hold_sweep  # the callback's
 from mnist_exp.tracking.record import find_records
 from mnist_exp.tracking.store import SWEEP_FILE, SweepInfo, read_sweep_info
 
-LOCK = "sweep.lock"
 ENDED_BY = "mnist_exp.ended_by"  # on a run a dead sweep left open: who ended it (resume, sync)
 SWEEP_DIR_TAG = "mnist_exp.sweep_dir"  # on a parent run: its sweep's folder, absolute
 STUDY_TAG = "mnist_exp.study"  # on an Optuna search's parent run: its study (study.study_key)
-_HELD: list[IO[str]] = []  # this process's sweep locks, open for as long as it lives
-# Mount options under which a lock is seen on this machine only (NFS, Lustre).
-_LOCAL_LOCKS = {"nolock", "local_lock=all", "local_lock=flock", "localflock"}
 
 log = logging.getLogger(__name__)
 
 
-def hold_sweep(sweep_dir: Path) -> None:
-    """Take the sweep's lock for the rest of this process's life (it says who holds it);
-    UserError if a live process holds it already: that sweep is running now."""
-    lock = (sweep_dir / LOCK).open("a+")
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        lock.seek(0)
-        holder = lock.read().strip() or "another process"
-        lock.close()
-        raise UserError(f"{sweep_dir}: its sweep is running now ({holder}); wait for it to "
-                        "end, or stop it, before resuming it") from None
-    except OSError as e:  # a file system without locks: left alone by a later resume or sync
-        lock.close()
-        log.warning("%s: no lock on this file system (%s): a later resume or sync cannot "
-                    "tell whether this sweep still runs, and leaves its runs as they are",
-                    sweep_dir, e.strerror or e)
-        return
-    lock.truncate(0)
-    lock.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
-    lock.flush()
-    _HELD.append(lock)
-
-
-@contextmanager
-def _if_dead(sweep_dir: Path) -> Iterator[bool]:
-    """Whether the process that ran the sweep has died (its lock is free); the lock is held
-    meanwhile, so a sync and a resume never both end its runs. False while it lives, and
-    when it cannot be told: no lock file here, or a lock of another machine's on a file
-    system whose locks that machine would not have seen."""
-    try:
-        lock = (sweep_dir / LOCK).open("r")
-    except OSError:
-        yield False
-        return
-    with lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:  # held (BlockingIOError), or no locks on this file system
-            yield False
-            return
-        host = lock.read().strip().rpartition(" on ")[2]
-        yield host == socket.gethostname() or locks_shared(sweep_dir)
-
-
-def locks_shared(path: Path, mounts: str | None = None) -> bool:
-    """Whether a lock taken on `path` here is seen by other machines: not on a network file
-    system mounted with local locks only (NFS nolock or local_lock, Lustre localflock), as
-    /proc/mounts (or `mounts`, its text) says of the mount `path` is on."""
-    if mounts is None:
-        try:
-            mounts = Path("/proc/mounts").read_text()
-        except OSError:  # not Linux: its locks are taken as they come
-            return True
-    target, options = str(path.resolve()), ""
-    best = ""
-    for line in mounts.splitlines():
-        fields = line.split()
-        if len(fields) < 4:
-            continue
-        point = fields[1].replace("\\040", " ")
-        inside = target == point or target.startswith(point.rstrip("/") + "/")
-        if inside and len(point) > len(best):
-            best, options = point, fields[3]
-    return not _LOCAL_LOCKS & set(options.split(","))
-
-
-def end_dead_sweep(sweep_dir: Path, by: str) -> str | None:
-    """If the sweep in `sweep_dir` died and left runs open: end them KILLED (end_leftovers)
-    and say so in one line; None if it lives, cannot be judged, or left nothing open. A
-    sweep kept for its summary (SUMMARY_PENDING) is sync's to finish, not to end. Its
-    jobs' records are ended here and uploaded by the caller (upload_folder)."""
+def end_dead_sweep(sweep_dir: Path, by: str, declared: bool = False) -> str | None:
+    """If the sweep in `sweep_dir` died and left runs open: end them KILLED (end_leftovers),
+    tell its Optuna trials still running FAIL, and say so in one line; None if it lives,
+    left nothing open, or cannot be judged (named in a warning) unless the user `declared`
+    it dead. A sweep kept for its summary (SUMMARY_PENDING) is sync's to finish, not to
+    end. Its jobs' records are ended here and uploaded by the caller (upload_folder)."""
     info = _sweep_info(sweep_dir)
     if info is None or (sweep_dir / SUMMARY_PENDING).exists():
         return None
-    with _if_dead(sweep_dir) as dead:
-        if not dead:
+    with if_dead(sweep_dir) as dead:
+        if dead is False and declared:
+            log.warning("%s: its sweep is running now (its lock is held): left as it is",
+                        sweep_dir)
+        if dead is None and not declared:
+            _name_unjudged(info, sweep_dir)
+        if not dead and not (dead is None and declared):
             return None
         jobs, parent = end_leftovers(info, sweep_dir, by)
-    if not jobs and not parent:
-        return None
+        trials = _fail_trials(sweep_dir)
     what = [f"its parent run {info.parent_run_id}"] if parent else []
     what += [f"{jobs} job run(s)"] if jobs else []
-    return (f"{sweep_dir}: the sweep's process had died; ended KILLED ({ENDED_BY}={by}): "
-            f"{' and '.join(what)}")
+    if not what and not trials:
+        return None
+    ended = [f"ended KILLED ({ENDED_BY}={by}): {' and '.join(what)}"] if what else []
+    return "; ".join([f"{sweep_dir}: the sweep's process had died" if dead else
+                      f"{sweep_dir}: the sweep's process said to have ended", *ended,
+                      *([trials] if trials else [])])
+
+
+def _fail_trials(sweep_dir: Path) -> str | None:
+    """A dead search's trials still running told FAIL (study.fail_dead_trials), but those
+    whose job still runs (its record held: a SLURM job outliving its sweep): a phrase
+    naming them, or None; a study that cannot be opened is named in a warning, and the
+    same search run again ends them."""
+    from mnist_exp.sweeps.study import fail_dead_trials, trial_jobs
+
+    try:
+        jobs = trial_jobs(sweep_dir)
+        if not jobs:
+            return None  # a grid sweep
+        live = []
+        for record in find_records([sweep_dir]):
+            try:
+                if not record.ended:
+                    record.hold()
+            except BlockingIOError:
+                live.append(record.folder.parent)
+            finally:
+                record.let_go()
+        return fail_dead_trials([(file, trial) for file, trial in jobs
+                                 if not any(job in file.parents for job in live)])
+    except Exception as e:
+        log.warning("%s: could not end the Optuna trials its dead search left running (%s); "
+                    "the same search run again ends them", sweep_dir, first_line(e))
+        return None
+
+
+def _name_unjudged(info: SweepInfo, sweep_dir: Path) -> None:
+    """One line for a sweep whose parent run is RUNNING but whose life cannot be judged
+    here: how the user, knowing its process has ended, has its runs ended."""
+    import mlflow
+
+    try:
+        client = mlflow.MlflowClient(info.tracking_uri)
+        if client.get_run(info.parent_run_id).info.status != "RUNNING":
+            return
+    except Exception:  # a store away, or a run it lacks: the upload or resume says so
+        return
+    why = ("it has no sweep.lock (it started before sweeps held one)"
+           if not (sweep_dir / LOCK).exists() else "its lock cannot be judged on this machine")
+    log.warning("%s: its parent run %s is RUNNING, and whether its sweep still runs cannot be "
+                "told: %s; once its process has ended, python -m mnist_exp.sync --dead-sweeps "
+                "%s ends its open runs KILLED", sweep_dir, info.parent_run_id, why, sweep_dir)
 
 
 def end_leftovers(info: SweepInfo, sweep_dir: Path, by: str | None,
@@ -143,7 +123,7 @@ def end_leftovers(info: SweepInfo, sweep_dir: Path, by: str | None,
     from mnist_exp.tracking.upload import unreachable
 
     tags = {ENDED_BY: by} if by else {}
-    ended, recorded = _end_records(sweep_dir, tags, sweep_dir / PARENT_DIR)
+    ended, recorded = end_open_records(sweep_dir, tags, sweep_dir / PARENT_DIR)
     client = mlflow.MlflowClient(info.tracking_uri)
     try:
         open_jobs = [r.info.run_id for r in client.search_runs(
@@ -189,13 +169,14 @@ def reopen_parent(info: SweepInfo, sweep_dir: Path) -> None:
                  resume_run_id=info.parent_run_id, untag=(ENDED_BY,))
 
 
-def _end_records(sweep_dir: Path, tags: dict[str, str],
-                 skip: Path | None = None) -> tuple[int, set[str]]:
-    """End KILLED, with `tags`, each record under `sweep_dir` (but those under `skip`) that
-    never ended and that no live process holds; how many, and the run ids of every record
-    (their runs are the records' to end, through upload_folder)."""
+def end_open_records(folder: Path, tags: dict[str, str],
+                     skip: Path | None = None) -> tuple[int, set[str]]:
+    """End KILLED, with `tags`, each run record under `folder` (but those under `skip`)
+    that never ended (SIGKILL runs no handler) and that no live process holds (a job that
+    may still run is left to it); how many, and the run ids of every record (their runs
+    are the records' to end: the caller uploads them, upload_folder)."""
     ended, recorded = 0, set()
-    for record in find_records([sweep_dir]):
+    for record in find_records([folder]):
         try:
             recorded.add(record.ids.get("run_id"))
         except UserError:  # a damaged ids.json: upload_folder names it
@@ -248,9 +229,11 @@ def end_dead_searches(info: SweepInfo, study: str, by: str = "resume") -> list[s
     return lines
 
 
-def end_dead_sweeps(folders: list[Path], by: str = "sync") -> list[str]:
+def end_dead_sweeps(folders: list[Path], by: str = "sync",
+                    declared: bool = False) -> list[str]:
     """Every sweep under `folders` (a sweep folder itself, or any folder above) whose
-    process died with runs open: ended as end_dead_sweep does; one line for each. One whose
+    process died with runs open (or, `declared`, that the user says has ended, where its
+    lock cannot tell): ended as end_dead_sweep does; one line for each. One whose
     store does not answer is left for the next sync (its records' upload says so); one its
     store refuses (a parent run deleted there, say) is named in a warning, and the others
     are still ended."""
@@ -263,7 +246,7 @@ def end_dead_sweeps(folders: list[Path], by: str = "sync") -> list[str]:
     lines = []
     for sweep_dir in found.values():
         try:
-            line = end_dead_sweep(sweep_dir, by)
+            line = end_dead_sweep(sweep_dir, by, declared)
         except ServerDown:
             continue
         except Exception as e:

@@ -1,6 +1,7 @@
 """The Optuna study of a search: where it is stored, and how its trials are sampled and
-pruned. Shared by the sweeper (which asks and tells, in the launching process) and each
-trial's job (which reports its epochs to the pruner, in whatever process runs it).
+pruned. Shared by the sweeper (which asks and tells, in the launching process), each
+trial's job (which reports its epochs to the pruner, in whatever process runs it), and
+sync (which tells FAIL the trials a dead search left running).
 
 A study lives under its name in one of three storages, every job opening the same one:
 - a SQLite file, by default sqlite:///<launch folder>/optuna.db beside the MLflow store
@@ -18,6 +19,8 @@ continues the study.
 from __future__ import annotations
 
 import importlib.util
+import re
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +35,9 @@ SERVERS = ("postgresql", "mysql")  # database servers, through Optuna's RDBStora
 ALLOWED = ("null (sqlite:///optuna.db in the launch folder), sqlite:///PATH (one machine), "
            "journal:PATH (a journal file on a shared file system), postgresql://USER@HOST/DB")
 TRIAL_ENV = "MNIST_EXP_OPTUNA_TRIAL"  # set in a trial's job by the sweeper (hydra.job.env_set)
+_TRIAL_LINE = re.compile(rf"^\s+{TRIAL_ENV}: '?(\d+)'?\s*$", re.MULTILINE)  # in hydra.yaml
 PRUNED_TAG = "optuna.pruned"
+ABANDONED = "abandoned"  # a trial's user attribute: left RUNNING by a search that died
 SAMPLERS = ("tpe", "random", "cmaes")
 PRUNERS = ("median", "none")
 
@@ -102,6 +107,71 @@ def open_storage(url: str) -> Any:
         allow_concurrent_writers(url)
         engine_kwargs = {"connect_args": {"timeout": 60}}
     return optuna.storages.RDBStorage(_with_driver(url), engine_kwargs=engine_kwargs)
+
+
+def fail_abandoned(study: Any, trial_ids: Collection[int] | None = None) -> list[int]:
+    """Tell FAIL, with user attribute `abandoned`, the trials a stopped search (Ctrl-C, a
+    crash, kill -9) left RUNNING, so that the study reads true and a later search runs them
+    anew (they do not count toward n_trials): all of them when a search starts on the
+    study, or only those with these ids (a dead search's, for sync). Their numbers."""
+    from optuna.trial import TrialState
+
+    told = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if trial_ids is not None and t._trial_id not in trial_ids:
+            continue
+        study._storage.set_trial_user_attr(t._trial_id, ABANDONED, True)  # no public way
+        study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
+        told.append(t.number)
+    return told
+
+
+def trial_jobs(sweep_dir: Path) -> list[tuple[Path, int]]:
+    """A search's jobs, each as its Hydra settings file (.hydra/hydra.yaml) and the id of
+    the trial the sweeper gave it there (hydra.job.env_set); none for a grid sweep."""
+    return [(file, int(m[1])) for file in sorted(sweep_dir.rglob("hydra.yaml"))
+            if (m := _TRIAL_LINE.search(file.read_text(errors="replace")))]
+
+
+def fail_dead_trials(jobs: list[tuple[Path, int]]) -> str | None:
+    """For sync, once a search's process has died: the trials of these jobs (trial_jobs)
+    that its study still holds RUNNING, told FAIL as the same search run again would tell
+    them (fail_abandoned); a phrase that names them, or None. The study is the one the
+    jobs' settings name, found as each job found it."""
+    study = _study_of(jobs[0][0]) if jobs else None
+    if study is None:
+        return None
+    url, name = study
+    if not url.startswith(SERVERS) and not Path(_storage_file(url)).is_file():
+        return None  # a study file moved or deleted: opening it would make an empty one
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    numbers = fail_abandoned(optuna.load_study(study_name=name, storage=open_storage(url)),
+                             {trial for _, trial in jobs})
+    if not numbers:
+        return None
+    return (f"Optuna trial(s) {', '.join(map(str, numbers))} of study {name!r} in "
+            f"{redact(url)} told FAIL")
+
+
+def _study_of(job_settings: Path) -> tuple[str, str] | None:
+    """The storage and name of the study a trial's job reported to, from its Hydra settings
+    (.hydra/hydra.yaml), resolved as the job resolved them; None if they cannot be read."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        hydra = OmegaConf.load(job_settings).hydra
+        return (resolve_storage(hydra.sweeper.get("storage"), Path(hydra.runtime.cwd)),
+                str(hydra.sweeper.study_name))
+    except (OSError, ValueError, TypeError, OmegaConfBaseException, ConfigError):
+        return None
+
+
+def _storage_file(url: str) -> str:
+    """The file a SQLite or journal storage keeps its study in."""
+    return url.removeprefix(JOURNAL) if url.startswith(JOURNAL) else _sqlite_file(url)[0]
 
 
 def cluster_note(url: str, launcher: Any) -> str | None:
