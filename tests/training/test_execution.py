@@ -3,6 +3,10 @@ the explicit settings over it), and a dropout model learning on the path chosen 
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import tensorflow as tf
 
@@ -79,3 +83,18 @@ def test_a_dropout_model_learns_on_the_path_chosen_for_it(mini):
                   verbose=0)
     assert history["loss"][1] < 0.85 * history["loss"][0]
     assert history["val_accuracy"][1] > 0.6
+
+
+@pytest.mark.parametrize(("chosen", "expected"), [(None, "true"), ("false", "false")])
+def test_tensorflow_gets_the_reusing_allocator_unless_the_user_chose(chosen, expected):
+    """Set by the package before TensorFlow is imported (mnist_exp/__init__.py): TensorFlow
+    reads it once, at its first allocation."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPU_ALLOCATOR_USE_BFC"}
+    if chosen is not None:
+        env["TF_CPU_ALLOCATOR_USE_BFC"] = chosen
+    code = ("import os, sys, mnist_exp.training.execution; "
+            "print(os.environ['TF_CPU_ALLOCATOR_USE_BFC'])")
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == expected
