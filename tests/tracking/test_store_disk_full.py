@@ -193,3 +193,23 @@ def test_a_failed_jobs_mark_on_a_full_disk_still_ends_the_sweep_in_one_line(tmp_
         f"1 job(s) failed; job 0: no space left on device under {small / 'sweep' / '0'}: free "
         f"some space there, or choose a folder on another disk (hydra.sweep.dir) (see FAILED "
         f"in the job folders 0 under {small / 'sweep'})", "2")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("free", [20 * 4096, 48 * 4096])
+def test_the_default_store_on_the_runs_own_full_disk_leaves_nothing_running(tmp_path, free):
+    """The default layout: mlflow.db in the folder run from, on the disk of the run's folder
+    (and of Keras' backups) too. Whichever of them the disk refuses first, one line naming a
+    folder on it; once there is room, sync leaves the run ended FAILED."""
+    outcome = store_fills(tmp_path, free, same_disk=True)
+    assert outcome.returncode == 2, outcome.stderr[-3000:]
+    [line] = [x for x in own_lines(outcome.stderr) if x.startswith("mnist-exp: error:")]
+    assert f"no space left on device under {outcome.small}" in line, line
+    for word in WARNINGS:
+        assert word not in outcome.stderr + outcome.stdout, outcome.stderr + outcome.stdout
+    check_nothing_left_beside(outcome.before)
+    journal(outcome.kept)  # whole lines
+    assert outcome.synced["rc"] == 0, outcome.synced["stderr"][-3000:]
+    [run] = runs_in(outcome.after)
+    assert run.info.status == "FAILED", (line, run.info)
+    check_nothing_left_beside(outcome.after)
