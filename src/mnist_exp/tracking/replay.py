@@ -21,7 +21,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
 from mnist_exp.errors import ServerDown, UserError, first_line, redact
 from mnist_exp.tracking.ledger import Ledger
-from mnist_exp.tracking.ops import id_key, retrying, saved_model, set_alias, untag
+from mnist_exp.tracking.ops import finish_model, id_key, retrying, saved_model, set_alias, untag
 from mnist_exp.tracking.record import RunRecord
 from mnist_exp.tracking.refusals import check_store, refusal, unreachable
 from mnist_exp.tracking.store import prepare_experiment
@@ -269,9 +269,13 @@ class Uploader:
         # Model.log talks to the global store, and puts the model in the active experiment.
         mlflow.set_tracking_uri(self.uri)
         mlflow.set_experiment(experiment_id=experiment_id)
-        info = Model.log(artifact_path=None, name=event["name"], run_id=self.run_id,
-                         model_id=existing, step=event.get("step", 0),
-                         flavor=saved_model(self.record.folder / event["folder"]),
-                         registered_model_name=event.get("registered_name"),
-                         validate_serving_input=False)
-        self.ledger.set_id(id_key(event.get("checkpoint", "")), info.model_id)
+        folder = self.record.folder / event["folder"]
+        if existing:
+            finish_model(self.client, self.run_id, existing, event.get("step", 0), folder,
+                         event.get("registered_name"))
+        else:
+            existing = Model.log(artifact_path=None, name=event["name"], run_id=self.run_id,
+                                 step=event.get("step", 0), flavor=saved_model(folder),
+                                 registered_model_name=event.get("registered_name"),
+                                 validate_serving_input=False).model_id
+        self.ledger.set_id(id_key(event.get("checkpoint", "")), existing)
