@@ -92,7 +92,7 @@ def test_tensorflow_gets_the_reusing_allocator_unless_the_user_chose(chosen, exp
     env = {k: v for k, v in os.environ.items() if k != "TF_CPU_ALLOCATOR_USE_BFC"}
     if chosen is not None:
         env["TF_CPU_ALLOCATOR_USE_BFC"] = chosen
-    code = ("import os, sys, mnist_exp.training.execution; "
+    code = ("import os, mnist_exp; "
             "print(os.environ['TF_CPU_ALLOCATOR_USE_BFC'])")
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                           text=True, timeout=120)
