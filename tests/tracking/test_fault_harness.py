@@ -23,7 +23,7 @@ from fault_proxy import FaultProxy, MlflowServer
 # 25-26 metrics, 27-33 reports and plots, 34 the run's end.
 SAMPLE = (("killed", 18), ("refused", 1))  # 18: a model half-logged, then filled in
 # A spread that keeps CI's slow run short: scripts/fault_harness.py --k all walks every k.
-SPREAD = (3, 8, 14, 17, 21, 24, 26, 34)
+SPREAD = (3, 8, 14, 21, 26, 34)  # 14 and 21: a model half-logged
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +66,7 @@ def test_a_fault_at_any_write_loses_nothing(store, tmp_path, kind, k):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("k", (2, 14, 24, 34))
+@pytest.mark.parametrize("k", (2, 14, 24))
 def test_a_write_taken_whose_answer_was_lost_is_not_doubled(store, tmp_path, k):
     """The store took write k but its answer was lost: the retry must not make a second run
     (write 2, the run's creation, did: the first left RUNNING), model or point."""
