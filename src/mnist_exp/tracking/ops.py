@@ -1,8 +1,8 @@
 """The uploader's appliers for the events beside a run's own (replay.py dispatches): a
 registered model's alias, tags taken off a run, a saved model logged as it was saved (and
 one an earlier try left half-logged, finished), and the retry of a write parallel jobs
-collide on. Each is safe to repeat: replaying a record
-after a failure applies its events again."""
+collide on. Each is safe to repeat: replaying a record after a failure applies its events
+again."""
 
 from __future__ import annotations
 
