@@ -12,6 +12,17 @@ import pytest
 
 from helpers import child_env
 
+# For a child script run on a small disk: the rest of the disk taken by one file.
+FILL_THE_DISK = """
+def fill_the_disk(path):
+    with open(path, "wb", buffering=0) as filler:
+        try:
+            while True:
+                filler.write(bytes(4096))
+        except OSError:
+            pass
+"""
+
 
 @functools.cache
 def namespace() -> tuple[list[str] | None, str]:

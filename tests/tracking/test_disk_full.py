@@ -26,7 +26,7 @@ import pytest
 
 from helpers import TINY, own_lines, run_module
 from mnist_exp.tracking.record import EVENTS, RECORD_DIR
-from small_disk import in_namespace
+from small_disk import FILL_THE_DISK, in_namespace
 
 SIZE = 8 * 1024 * 1024  # the small disk; a filler leaves `free` bytes of it
 RUN = ("data=mnist_sample", *TINY, "model.hidden_units=[8]")
@@ -136,7 +136,7 @@ def test_a_disk_full_at_any_step_is_one_line_and_a_failed_run(tmp_path, point):
 
 # A live run's record whose disk fills: events are emitted until the journal needs a block
 # the disk has not got; then the run ends as tracked_run ends a failed one.
-RECORD_ON_A_FULL_DISK = """
+RECORD_ON_A_FULL_DISK = FILL_THE_DISK + """
 import json, sys, time
 from pathlib import Path
 from mnist_exp.errors import FolderUnwritable
@@ -149,12 +149,7 @@ tracker.record.hold()
 now = lambda: int(time.time() * 1000)
 tracker.emit("start", experiment_id=None, experiment_name="full", run_name="r", tags={},
              start_time=now(), tracking_uri=uri)
-with open(small / "filler", "wb", buffering=0) as filler:  # the rest of the disk
-    try:
-        while True:
-            filler.write(bytes(4096))
-    except OSError:
-        pass
+fill_the_disk(small / "filler")
 line = None
 for step in range(1000):
     try:

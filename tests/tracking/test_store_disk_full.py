@@ -25,7 +25,7 @@ import pytest
 
 from helpers import TINY, own_lines
 from mnist_exp.tracking.record import EVENTS, RECORD_DIR
-from small_disk import in_namespace
+from small_disk import FILL_THE_DISK, in_namespace
 
 SIZE = 16 * 1024 * 1024  # the small disk
 RUN = ("data=mnist_sample", *TINY, "model.hidden_units=[8]")
@@ -161,19 +161,14 @@ def test_a_store_whose_disk_fills_is_one_line_and_synced_once_there_is_room(tmp_
 
 
 # A sweep job's end on a full disk: its FAILED file cannot take its line.
-FAILED_ON_A_FULL_DISK = """
+FAILED_ON_A_FULL_DISK = FILL_THE_DISK + """
 import os, sys
 from pathlib import Path
 from mnist_exp.sweeps.failures import jobs_failed, write_failure
 
 sweep = Path(sys.argv[1])
 (sweep / "0").mkdir(parents=True)
-with open(sweep / "filler", "wb", buffering=0) as filler:  # the rest of the disk
-    try:
-        while True:
-            filler.write(bytes(4096))
-    except OSError:
-        pass
+fill_the_disk(sweep / "filler")
 write_failure(sweep / "0", "the job's own line", 2)
 print(jobs_failed(sweep), jobs_failed(sweep).exit_code, sep="\\n")
 """
