@@ -38,14 +38,14 @@ class ExecutionPlan:
         return {"jit_compile": self.jit_compile, "steps_per_execution": self.steps_per_execution}
 
 
-def execution_plan(cfg: TrainerConfig, *, convolutional: bool = False, dropout: float = 0.0,
+def execution_plan(cfg: TrainerConfig, *, convolutional: bool = False,
                    train_shape: tuple[int, ...] = (),
                    val_shape: tuple[int, ...] = ()) -> ExecutionPlan:
     """The path for these settings, model and sets. With XLA, several steps per execution run
     as one compiled loop (fit feeds chunks of batches), so Keras compiles one step per call;
     without, Keras' own steps_per_execution loop does it. Augmentation happens on the host,
     so it takes the fused path, not the resident one."""
-    jit = uses_xla(cfg, convolutional=convolutional, dropout=dropout)
+    jit = uses_xla(cfg, convolutional=convolutional)
     chunk = cfg.steps_per_execution if jit else 1
     augmented = bool(cfg.augment.max_shift or cfg.augment.horizontal_flip)
     return ExecutionPlan(
@@ -58,26 +58,22 @@ def plan_for(config: Config, train_shape: tuple[int, ...] = (),
              val_shape: tuple[int, ...] = ()) -> ExecutionPlan:
     """The plan of a whole config: its trainer's settings and what its model computes."""
     return execution_plan(config.trainer, convolutional=isinstance(config.model, CNNConfig),
-                          dropout=config.model.dropout, train_shape=train_shape,
-                          val_shape=val_shape)
+                          train_shape=train_shape, val_shape=val_shape)
 
 
-def uses_xla(cfg: TrainerConfig, *, convolutional: bool = False, dropout: float = 0.0) -> bool:
+def uses_xla(cfg: TrainerConfig, *, convolutional: bool = False) -> bool:
     """trainer.jit_compile=true or false decides; `auto` takes XLA where it is the faster path.
 
-    XLA has no deterministic mode, so trainer.deterministic never takes it. On a CPU
-    (scripts/benchmark_corners.py, docs/performance.md "Corners of the schema"):
-    - convolutions: XLA's are far slower than TensorFlow's oneDNN ones;
-    - dropout: Keras draws each mask with a stateless Philox op, which XLA on a CPU expands
-      into elementwise 64-bit arithmetic, some 10x the cost of TensorFlow's own Philox
-      kernel; per step that outweighs everything XLA saves.
-    There, Keras' own steps_per_execution loop without XLA is the faster path. On a GPU
-    every model takes XLA."""
+    XLA has no deterministic mode, so trainer.deterministic never takes it. On a CPU, XLA's
+    convolutions are far slower than TensorFlow's oneDNN ones, so a CNN takes Keras' own
+    steps_per_execution loop without XLA (scripts/benchmark_corners.py, docs/performance.md
+    "Corners of the schema"). Dropout takes XLA: its masks are drawn cheaply there
+    (xla_dropout.py). On a GPU every model takes XLA."""
     if cfg.deterministic or cfg.jit_compile is False:
         return False
     if cfg.jit_compile is True or _on_gpu():
         return True
-    return not convolutional and dropout == 0
+    return not convolutional
 
 
 def _on_gpu() -> bool:

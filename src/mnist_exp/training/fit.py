@@ -26,6 +26,7 @@ from mnist_exp.training.interrupts import DeferredInterrupts
 from mnist_exp.training.model import one_hot_targets
 from mnist_exp.training.progress import BatchProgress
 from mnist_exp.training.resident import EpochKeys, OneCall, steps_for
+from mnist_exp.training.xla_dropout import traced_with_cheap_masks
 
 
 class _EpochOf(keras.callbacks.Callback):
@@ -163,6 +164,8 @@ def _feed(model: keras.Model, data: Dataset, cfg: TrainerConfig,
                           chunked=plan.fused, max_shift=cfg.augment.max_shift,
                           horizontal_flip=cfg.augment.horizontal_flip)
     train_step = _looped(model.train_step) if plan.fused else model.train_step
+    if plan.jit_compile:
+        train_step = traced_with_cheap_masks(train_step)
     return batches, (data.x_val, y_val), _installed(model, train_step)
 
 

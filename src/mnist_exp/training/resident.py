@@ -23,6 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 from mnist_exp.training.order import epoch_order
+from mnist_exp.training.xla_dropout import traced_with_cheap_masks
 
 
 class OneCall(keras.utils.PyDataset):
@@ -64,7 +65,8 @@ class ResidentSteps:
                  eval_batch_size: int) -> None:
         self.shapes = _shapes(train, val, batch_size, eval_batch_size)
         self._sets = _resident(*train), _resident(*val)
-        self._steps = (whole_epoch(model.train_step, *self._sets[0], batch_size),
+        self._steps = (traced_with_cheap_masks(whole_epoch(model.train_step, *self._sets[0],
+                                                           batch_size)),
                        whole_set(model.test_step, *self._sets[1], eval_batch_size))
         self._functions: tuple[Callable | None, Callable | None] = (None, None)
 

@@ -1,0 +1,90 @@
+"""Dropout masks that XLA computes cheaply on a CPU, for the steps our XLA paths trace.
+
+Keras' `Dropout` draws its mask with a stateless Philox op, which XLA's CPU backend expands
+into elementwise 64-bit arithmetic: on a CPU that mask costs more than everything else XLA
+saves (docs/performance.md, "Corners of the schema"). Inside `cheap_masks()`, the masks
+come instead from an integer hash of each element's index and the layer's own seed (two
+rounds of murmur3's 32-bit finaliser: a handful of 32-bit multiplies, shifts and xors per
+element, which XLA vectorises).
+
+Only the tracing of a step is affected: the model keeps Keras' own `Dropout` layers, their
+rate and their seed generators (advanced once a mask, as Keras does), so a saved or logged
+model is plain Keras and loads anywhere. What changes is which random numbers a training
+step draws: as random as Philox's for dropout, but not the same ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from functools import wraps
+
+import tensorflow as tf
+from keras.src.backend.tensorflow import random as keras_random
+from keras.src.random.seed_generator import draw_seed
+
+_GOLDEN = 0x9E3779B9  # 2**32 / phi: spreads consecutive indices before the first round
+
+
+def dropout(inputs: tf.Tensor, rate: float, noise_shape: tuple | None = None,
+            seed: object = None) -> tf.Tensor:
+    """Keras' `backend.random.dropout`, drawing its mask from `hashed_uniform`: each element
+    kept with probability 1 - rate and the kept ones scaled by 1 / (1 - rate)."""
+    if rate == 0.0:
+        return inputs
+    if rate == 1.0:
+        return tf.zeros_like(inputs)
+    shape = tf.shape(inputs) if noise_shape is None else _concrete(inputs, noise_shape)
+    keep = hashed_uniform(shape, draw_seed(seed)) >= rate
+    scaled = inputs / tf.cast(1.0 - rate, inputs.dtype)
+    return tf.where(keep, scaled, tf.zeros_like(inputs))
+
+
+def hashed_uniform(shape: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+    """Floats in [0, 1) of `shape`, 24 random bits each, from the element's index and the
+    two words of `seed` (a Keras seed: a new one for every mask)."""
+    words = tf.cast(tf.bitwise.bitwise_and(tf.cast(seed, tf.int64), 0xFFFFFFFF), tf.uint32)
+    index = tf.bitcast(tf.range(tf.reduce_prod(shape), dtype=tf.int32), tf.uint32)
+    h = _finalise(index * tf.constant(_GOLDEN, tf.uint32) ^ words[0])
+    h = _finalise(h ^ words[1])
+    bits = tf.bitwise.right_shift(h, tf.constant(8, tf.uint32))
+    return tf.reshape(tf.cast(bits, tf.float32) * (1.0 / (1 << 24)), shape)
+
+
+def _finalise(h: tf.Tensor) -> tf.Tensor:
+    """murmur3's fmix32: every input bit flips each output bit with probability ~1/2."""
+    h = h ^ tf.bitwise.right_shift(h, tf.constant(16, tf.uint32))
+    h = h * tf.constant(0x85EBCA6B, tf.uint32)
+    h = h ^ tf.bitwise.right_shift(h, tf.constant(13, tf.uint32))
+    h = h * tf.constant(0xC2B2AE35, tf.uint32)
+    return h ^ tf.bitwise.right_shift(h, tf.constant(16, tf.uint32))
+
+
+def _concrete(inputs: tf.Tensor, noise_shape: tuple) -> tf.Tensor:
+    """Keras' noise_shape with its None entries taken from the inputs."""
+    dynamic = tf.shape(inputs)
+    return tf.stack([dynamic[i] if size is None else size
+                     for i, size in enumerate(noise_shape)])
+
+
+@contextmanager
+def cheap_masks() -> Iterator[None]:
+    """Inside, Keras' `Dropout` draws its masks from `dropout` above. Meant for the body of a
+    step that XLA traces (it runs only while tracing); not thread-safe, like tracing."""
+    keras_dropout = keras_random.dropout
+    keras_random.dropout = dropout
+    try:
+        yield
+    finally:
+        keras_random.dropout = keras_dropout
+
+
+def traced_with_cheap_masks(step: Callable) -> Callable:
+    """`step`, whose traced graph draws dropout masks from `dropout` above."""
+
+    @wraps(step)
+    def step_with_cheap_masks(*args: object, **kwargs: object) -> object:
+        with cheap_masks():
+            return step(*args, **kwargs)
+
+    return step_with_cheap_masks
