@@ -12,9 +12,10 @@ from mnist_exp.data.load import load_dataset
 from mnist_exp.training import kept_models
 from mnist_exp.training.execution import prepare_model
 from mnist_exp.training.fit import fit
+from mnist_exp.training.xla_dropout import dropout_layers
 
-# Dropout (random-seed state), a schedule (it moves the learning-rate variable) and the
-# resident path (steps traced once per model; XLA, which auto leaves out for dropout on a CPU).
+# Dropout (random-seed state; under XLA its rate is a variable), a schedule (it moves the
+# learning-rate variable) and the resident path (steps traced once per model, under XLA).
 _SHARED = ("model.dropout=0.2", "trainer.lr_schedule.name=cosine",
            "trainer.lr_schedule.min_lr=0.0001", "trainer.epochs=2", "trainer.jit_compile=true")
 
@@ -48,22 +49,25 @@ def nothing_kept():
 
 
 def test_a_kept_model_trains_exactly_as_a_fresh_one(mini, nothing_kept):
-    """Job 2 (its own seed, split, learning rate) on the model job 1 left: the same losses,
-    learning rates and weights as job 2 on a fresh model, and nothing traced again."""
+    """Job 2 (its own seed, split, learning rate, dropout rate) on the model job 1 left: the
+    same losses, learning rates and weights as job 2 on a fresh model, and nothing traced
+    again; the kept model has job 2's dropout rate, as its saved config will say."""
     first, data, t, plan, rate = _job(mini, "trainer.seed=1", "optimizer.learning_rate=0.001")
     first = kept_models.adopt(first, plan)
     traces = _Traces(first)
     fit(first, data, t, plan, learning_rate=rate, verbose=0)
     assert traces.count >= 1
 
-    second, data, t, plan, rate = _job(mini, "trainer.seed=2", "optimizer.learning_rate=0.003")
+    job_2 = ("trainer.seed=2", "optimizer.learning_rate=0.003", "model.dropout=0.35")
+    second, data, t, plan, rate = _job(mini, *job_2)
     kept = kept_models.adopt(second, plan)
     assert kept is first
+    assert {layer.get_config()["rate"] for layer in dropout_layers(kept)} == {0.35}
     history = fit(kept, data, t, plan, learning_rate=rate, verbose=0)
     traced_before = traces.count
 
     kept_models.forget()
-    fresh, data, t, plan, rate = _job(mini, "trainer.seed=2", "optimizer.learning_rate=0.003")
+    fresh, data, t, plan, rate = _job(mini, *job_2)
     assert kept_models.adopt(fresh, plan) is fresh
     expected = fit(fresh, data, t, plan, learning_rate=rate, verbose=0)
 
@@ -77,16 +81,20 @@ def test_a_kept_model_trains_exactly_as_a_fresh_one(mini, nothing_kept):
 
 
 def _key(mini, *overrides: str) -> str:
-    model, *_ = _job(mini, *overrides)
-    return kept_models.program_key(model)
+    model, _, _, plan, _ = _job(mini, *overrides)
+    return kept_models.program_key(model, variable_rates=plan.jit_compile)
 
 
 def test_only_values_share_a_kept_model(mini):
-    """Seed and learning rate are values (variables); the layers, the dropout rate and the
-    optimizer's other settings are constants in the traced program."""
+    """Seed, learning rate and (under XLA) the dropout rate are values (variables); the
+    layers, Keras' own dropout rate and the optimizer's other settings are constants in the
+    traced program."""
     base = _key(mini)
-    assert _key(mini, "trainer.seed=7", "optimizer.learning_rate=0.01") == base
-    for change in ("model.hidden_units=[64]", "model.dropout=0.3", "model.activation=tanh",
+    assert _key(mini, "trainer.seed=7", "optimizer.learning_rate=0.01",
+                "model.dropout=0.3") == base
+    for change in ("model.hidden_units=[64]", "model.activation=tanh",
                    "optimizer.beta_1=0.8", "trainer.label_smoothing=0.1",
                    "trainer.jit_compile=false"):
         assert _key(mini, change) != base, change
+    keras_loop = _key(mini, "trainer.jit_compile=false")
+    assert _key(mini, "trainer.jit_compile=false", "model.dropout=0.3") != keras_loop

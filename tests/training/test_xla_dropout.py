@@ -17,7 +17,12 @@ from mnist_exp.data.load import load_dataset
 from mnist_exp.training import xla_dropout
 from mnist_exp.training.execution import prepare_model
 from mnist_exp.training.fit import fit
-from mnist_exp.training.xla_dropout import cheap_masks, dropout, hashed_uniform
+from mnist_exp.training.xla_dropout import (
+    cheap_masks,
+    dropout,
+    hashed_uniform,
+    use_variable_rates,
+)
 
 N = 256 * 512
 
@@ -123,3 +128,26 @@ def test_every_xla_path_trains_without_philox_masks(path, philox_masks, mini, mo
     loaded = keras.saving.load_model(tmp_path / "model.keras")
     assert [type(layer) for layer in loaded.layers] == [type(layer) for layer in model.layers]
     assert keras.layers.Dropout in {type(layer) for layer in loaded.layers}
+
+
+def test_a_traced_step_reads_the_rate_the_layer_has_now():
+    """After use_variable_rates, a new layer.rate (and the call again) reaches the step
+    already traced, without tracing it again: a kept model's next trial."""
+    model = keras.Sequential([keras.Input((4096,)), keras.layers.Dropout(0.1)])
+    use_variable_rates(model)
+    traces = []
+
+    @tf.function(jit_compile=True)
+    def step(x):
+        traces.append(1)
+        with cheap_masks():
+            return model(x, training=True)
+
+    x = tf.ones([16, 4096])
+    assert abs((step(x).numpy() > 0).mean() - 0.9) < 0.01
+    model.layers[0].rate = 0.6
+    use_variable_rates(model)
+    kept = step(x).numpy()
+    assert abs((kept > 0).mean() - 0.4) < 0.01
+    np.testing.assert_allclose(kept[kept > 0], 1 / 0.4, rtol=1e-6)
+    assert len(traces) == 1

@@ -10,7 +10,7 @@ import tensorflow as tf
 
 from mnist_exp.config.schema import CNNConfig, Config, TrainerConfig
 from mnist_exp.data.load import Dataset
-from mnist_exp.training import compile_cache, kept_models
+from mnist_exp.training import compile_cache, kept_models, xla_dropout
 from mnist_exp.training.model import build_model, compile_model
 
 
@@ -107,6 +107,8 @@ def prepare_model(config: Config, data: Dataset,
                         normalization=config.data.normalization, train_images=data.x_train)
     compile_model(model, config.optimizer, label_smoothing=t.label_smoothing,
                   **plan.compile_arguments)
+    if plan.jit_compile:  # before any trace, so steps read the dropout rates as variables
+        xla_dropout.use_variable_rates(model)
     if reuse:  # an earlier job's, already traced
         model = kept_models.adopt(model, plan)
     return model, plan

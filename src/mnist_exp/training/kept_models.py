@@ -10,7 +10,8 @@ step, learning rate and moments. The job then trains exactly as the fresh model 
 (test_kept_models.py), on steps already traced.
 
 What Keras bakes into the traced program is the key: the layers' configs, the loss, the
-metrics and the optimizer's settings, all but its learning rate, which is a variable.
+metrics and the optimizer's settings, all but its learning rate, which is a variable, and,
+under XLA, the dropout rates, which are variables there too (xla_dropout.py).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from collections import OrderedDict
 from typing import TYPE_CHECKING
 
 import keras
+
+from mnist_exp.training.xla_dropout import dropout_layers, use_variable_rates
 
 if TYPE_CHECKING:
     from mnist_exp.training.execution import ExecutionPlan
@@ -34,12 +37,16 @@ def adopt(fresh: keras.Model, plan: ExecutionPlan) -> keras.Model:
     next job. `fresh` must be compiled, with nothing trained yet. The batch sizes and set
     shapes the plan's steps are traced for are part of the key (resident.py keeps one set of
     steps per model, so a sweep over batch sizes keeps a model per size)."""
-    key = program_key(fresh) + repr(plan.traced_for)
+    key = program_key(fresh, variable_rates=plan.jit_compile) + repr(plan.traced_for)
     kept = _kept.pop(key, None)
     if kept is None:
         kept = fresh
     else:
         _copy_state(fresh, kept)
+        if plan.jit_compile:  # the saved model's config, and what its steps read
+            for source, target in zip(dropout_layers(fresh), dropout_layers(kept), strict=True):
+                target.rate = source.rate
+            use_variable_rates(kept)
     _kept[key] = kept
     while len(_kept) > KEEP:
         _kept.popitem(last=False)
@@ -51,11 +58,16 @@ def forget() -> None:
     _kept.clear()
 
 
-def program_key(model: keras.Model) -> str:
+def program_key(model: keras.Model, variable_rates: bool = False) -> str:
     """What the traced steps depend on, but for the layers' and optimizer's names (Keras
-    numbers them per process) and a constant learning rate."""
+    numbers them per process), a constant learning rate and, with `variable_rates`, the
+    dropout rates."""
+    def varying(layer: dict) -> set[str]:
+        return {"name", "rate"} if variable_rates and layer["class_name"] == "Dropout" else {"name"}
+
     config = model.get_config()
-    layers = [{**layer, "config": {k: v for k, v in layer["config"].items() if k != "name"}}
+    layers = [{**layer, "config": {k: v for k, v in layer["config"].items()
+                                   if k not in varying(layer)}}
               for layer in config["layers"]]
     compiled = model.get_compile_config()
     variable = {"name"} | ({"learning_rate"} if isinstance(

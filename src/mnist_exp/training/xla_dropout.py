@@ -11,19 +11,45 @@ Only the tracing of a step is affected: the model keeps Keras' own `Dropout` lay
 rate and their seed generators (advanced once a mask, as Keras does), so a saved or logged
 model is plain Keras and loads anywhere. What changes is which random numbers a training
 step draws: as random as Philox's for dropout, but not the same ones.
+
+The traced step reads each layer's rate from a variable kept here (`use_variable_rates`),
+not as a constant: a search draws a new rate for every trial, and a kept model
+(kept_models.py) then trains the next trial on the program already compiled.
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import wraps
 
+import keras
 import tensorflow as tf
 from keras.src.backend.tensorflow import random as keras_random
-from keras.src.random.seed_generator import draw_seed
+from keras.src.random.seed_generator import SeedGenerator, draw_seed
 
 _GOLDEN = 0x9E3779B9  # 2**32 / phi: spreads consecutive indices before the first round
+
+# A Dropout layer's rate as the traced step reads it, by the layer's seed generator (what
+# reaches `dropout`); weak: it goes with its model.
+_rates: weakref.WeakKeyDictionary[SeedGenerator, tf.Variable] = weakref.WeakKeyDictionary()
+
+
+def dropout_layers(model: keras.Model) -> list[keras.layers.Dropout]:
+    return [layer for layer in model.layers if isinstance(layer, keras.layers.Dropout)]
+
+
+def use_variable_rates(model: keras.Model) -> None:
+    """Steps traced for `model` from now on read its Dropout layers' rates from variables,
+    which hold the layers' `rate` now (set it on the layer, then call this again)."""
+    for layer in dropout_layers(model):
+        variable = _rates.get(layer.seed_generator)
+        if variable is None:
+            _rates[layer.seed_generator] = tf.Variable(layer.rate, dtype=tf.float32,
+                                                       trainable=False)
+        else:
+            variable.assign(layer.rate)
 
 
 def dropout(inputs: tf.Tensor, rate: float, noise_shape: tuple | None = None,
@@ -34,10 +60,11 @@ def dropout(inputs: tf.Tensor, rate: float, noise_shape: tuple | None = None,
         return inputs
     if rate == 1.0:
         return tf.zeros_like(inputs)
+    variable = _rates.get(seed) if isinstance(seed, SeedGenerator) else None
+    rate = tf.cast(rate if variable is None else variable, inputs.dtype)
     shape = tf.shape(inputs) if noise_shape is None else _concrete(inputs, noise_shape)
-    keep = hashed_uniform(shape, draw_seed(seed)) >= rate
-    scaled = inputs / tf.cast(1.0 - rate, inputs.dtype)
-    return tf.where(keep, scaled, tf.zeros_like(inputs))
+    keep = hashed_uniform(shape, draw_seed(seed)) >= tf.cast(rate, tf.float32)
+    return tf.where(keep, inputs / (1 - rate), tf.zeros_like(inputs))
 
 
 def hashed_uniform(shape: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
