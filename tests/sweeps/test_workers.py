@@ -16,7 +16,7 @@ KEPT: list[bytes] = []  # in the worker: what a job keeps for the next (datasets
 
 def _job(keep_bytes: int, raise_limit: bool) -> int:
     if raise_limit:
-        workers.keep_worker_between_jobs()
+        workers.keep_worker_between_jobs(workers=1)  # this machine's share is >= 1 GB
     KEPT.append(b"\x01" * keep_bytes)  # real pages, resident
     time.sleep(1.1)  # loky checks memory at most once a second
     return os.getpid()
@@ -32,7 +32,23 @@ def test_a_worker_that_keeps_500_mb_between_jobs_is_kept(raise_limit):
 
 
 def test_elsewhere_it_changes_nothing():
-    workers.keep_worker_between_jobs()  # the test process is no loky worker
     from joblib.externals.loky import process_executor
 
-    assert process_executor._MAX_MEMORY_LEAK_SIZE in (300_000_000, workers.LEAK_LIMIT_BYTES)
+    before = process_executor._MAX_MEMORY_LEAK_SIZE
+    workers.keep_worker_between_jobs(workers=1)  # the test process is no loky worker
+    assert before == process_executor._MAX_MEMORY_LEAK_SIZE
+
+
+@pytest.mark.parametrize(("total_gib", "n", "limit_gib"), [
+    (24, 2, 4),     # this machine: the cap
+    (16, 8, 1),     # a laptop's workers share half its memory
+    (2, 16, 0.28),  # never below loky's own limit
+])
+def test_the_limit_leaves_the_machine_room_for_every_worker(total_gib, n, limit_gib):
+    assert workers.leak_limit(int(total_gib * 2**30), n) == pytest.approx(limit_gib * 2**30,
+                                                                          rel=0.03)
+
+
+def test_n_jobs_as_joblib_counts_them():
+    assert [workers.concurrent_jobs(n, cores=8) for n in (None, 1, 3, -1, -2, -20)] == [
+        1, 1, 3, 8, 7, 1]

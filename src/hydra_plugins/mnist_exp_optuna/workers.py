@@ -13,11 +13,12 @@ very process, and joblib does too with n_jobs=1: those get one worker, in this t
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+from mnist_exp.sweeps.workers import concurrent_jobs
 
 log = logging.getLogger(__name__)
 IN_PROCESS = ("BasicLauncher",)  # Hydra's own: one job after the other, in this process
@@ -41,8 +42,7 @@ def worker_count(launcher: Any, wanted: int) -> int:
     if name in IN_PROCESS:
         slots = 1
     elif name == "JoblibLauncher":
-        n_jobs = launcher.joblib.get("n_jobs") or 1
-        slots = n_jobs if n_jobs > 0 else max(1, (os.cpu_count() or 1) + 1 + n_jobs)
+        slots = concurrent_jobs(launcher.joblib.get("n_jobs"))
     if slots is not None and slots < wanted:
         log.warning("hydra.sweeper.n_jobs=%d: %s runs %d job(s) at once%s; %d trial(s) at a "
                     "time", wanted, name, slots,

@@ -34,7 +34,7 @@ from mnist_exp.sweeps.callback import finished_job, threads_per_job
 from mnist_exp.sweeps.cluster import JobStopped
 from mnist_exp.sweeps.failures import FAILED, STOPPED, record_failed_job, write_failure
 from mnist_exp.sweeps.study import TRIAL_ENV, TrialLink, resolve_storage
-from mnist_exp.sweeps.workers import keep_worker_between_jobs
+from mnist_exp.sweeps.workers import concurrent_jobs, keep_worker_between_jobs
 from mnist_exp.tracking.store import (
     check_reachable,
     check_usable,
@@ -141,7 +141,8 @@ def experiment(cfg: DictConfig) -> float:
     quiet_disk_errors()  # Hydra has set up the job's log file by now
     started_ms = int(time.time() * 1000)
     if sweeping:
-        keep_worker_between_jobs()  # a joblib worker's next job reuses what this one keeps
+        # a joblib worker's next job reuses what this one keeps
+        keep_worker_between_jobs(concurrent_jobs(hydra_cfg.launcher.get("n_jobs")))
         for mark in (FAILED, STOPPED):  # an earlier try's
             Path(hydra_cfg.runtime.output_dir, mark).unlink(missing_ok=True)
         done = _finished_before(hydra_cfg)

@@ -1,26 +1,51 @@
 """A sweep job's process, when its launcher keeps it for later jobs (joblib's loky workers).
 
 Such a process keeps, by design and bounded, what the next job can reuse: its last dataset
-and up to four traced models (training/kept_models.py), with XLA's compiled programs and
-TensorFlow's allocator pool behind them. Loky takes any growth of 300 MB since a worker's
-first task for a leak and replaces the worker, and the job after that pays a fresh
-process: TensorFlow's imports, the data, every trace and compilation. In a 100-trial
-search on 2 workers that was a new process every minute or so, a quarter of the workers'
-time (docs/performance.md, "Parallel search").
+and up to four traced models (training/kept_models.py), with TensorFlow's allocator pool
+behind them. Loky takes any growth of 300 MB since a worker's first task for a leak and
+replaces the worker, and the job after that pays a fresh process: TensorFlow's imports,
+the data, every trace and compilation. In a 100-trial search on 2 workers that was a new
+process every minute or so, a quarter of the workers' time (docs/performance.md,
+"Parallel search").
+
+One growth is a true leak, and TensorFlow's: a program XLA compiled stays in the process
+until it exits, even after its model is gone. So the limit stays: a worker that has
+compiled enough programs is still replaced, at a size the machine can hold for every
+worker at once.
 """
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import sys
 
-# Growth loky still takes for a leak: well above what the kept objects above add up to.
-LEAK_LIMIT_BYTES = 4 << 30
+CAP_BYTES = 4 << 30  # well above what the kept objects above add up to
+LOKY_DEFAULT_BYTES = 300_000_000
 
 
-def keep_worker_between_jobs() -> None:
+def leak_limit(total_bytes: int, workers: int) -> int:
+    """Growth a worker may keep: half the machine's memory shared by the workers, between
+    loky's own limit and CAP_BYTES."""
+    share = total_bytes // (2 * max(1, workers))
+    return max(LOKY_DEFAULT_BYTES, min(CAP_BYTES, share))
+
+
+def keep_worker_between_jobs(workers: int) -> None:
     """Raise loky's leak limit in this process, if it is a loky worker (its loop reads the
-    limit after every task); elsewhere do nothing."""
+    limit after every task); elsewhere do nothing. `workers`: the jobs run at once."""
     executor = sys.modules.get("joblib.externals.loky.process_executor")
-    limit = getattr(executor, "_MAX_MEMORY_LEAK_SIZE", None)
-    if isinstance(limit, int) and limit < LEAK_LIMIT_BYTES:
-        executor._MAX_MEMORY_LEAK_SIZE = LEAK_LIMIT_BYTES
+    worker = type(multiprocessing.current_process()).__name__ == "LokyProcess"
+    if worker and isinstance(getattr(executor, "_MAX_MEMORY_LEAK_SIZE", None), int):
+        executor._MAX_MEMORY_LEAK_SIZE = leak_limit(_memory_bytes(), workers)
+
+
+def concurrent_jobs(n_jobs: int | None, cores: int | None = None) -> int:
+    """joblib's n_jobs as a count (negative: all cores but -n_jobs - 1)."""
+    if not n_jobs:
+        return 1
+    return n_jobs if n_jobs > 0 else max(1, (cores or os.cpu_count() or 1) + 1 + n_jobs)
+
+
+def _memory_bytes() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
