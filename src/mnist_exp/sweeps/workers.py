@@ -8,10 +8,10 @@ the data, every trace and compilation. In a 100-trial search on 2 workers that w
 process every minute or so, a quarter of the workers' time (docs/performance.md,
 "Parallel search").
 
-One growth is a true leak, and TensorFlow's: a program XLA compiled stays in the process
-until it exits, even after its model is gone. So the limit stays: a worker that has
-compiled enough programs is still replaced, at a size the machine can hold for every
-worker at once.
+One growth is a true leak, and TensorFlow's: each model a process traces (more so under
+XLA) leaves memory that is not freed when the model is gone. So the limit stays: a worker
+that has traced enough models is still replaced, at a size the machine can hold for
+every worker at once.
 """
 
 from __future__ import annotations
