@@ -127,6 +127,30 @@ def test_a_dead_sweeps_open_runs_end_killed_and_a_live_ones_are_left(tmp_path, c
     trackers[1].record.let_go()
 
 
+def test_a_job_killed_before_its_record_heard_its_runs_id_is_one_run_ended_once(tmp_path):
+    """Killed after the store made the job's run but before its record noted the id: the
+    store's RUNNING run is the record's, filled in and ended by its upload, not a second
+    run counted, ended apart, and doubled by the record's upload."""
+    client, parent, loose, _ = open_sweep(tmp_path, jobs=0)
+    sweep = tmp_path / "sweep"
+    experiment = client.get_run(parent).info.experiment_id
+    nested, start = {"mlflow.parentRunId": parent}, int(time.time() * 1000)
+    record = RunRecord.create(sweep / "0" / "mlflow_record")
+    record.append("start", experiment_id=experiment, experiment_name="e", run_name="job 0",
+                  tags=nested, start_time=start)
+    unheard = client.create_run(experiment, start_time=start, tags=nested,
+                                run_name="job 0").info.run_id
+    (sweep / sweep_lock.LOCK).write_text(f"pid 1 on {socket.gethostname()}\n")
+
+    [line] = end_dead_sweeps([sweep])
+    assert line.endswith(f"its parent run {parent} and 2 job run(s)")  # loose and job 0
+    assert upload_folder(sweep) == []
+    jobs = client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{parent}'")
+    assert sorted(r.info.run_id for r in jobs) == sorted([loose, unheard])
+    assert [(r.info.status, r.data.tags[ENDED_BY]) for r in jobs] == [("KILLED", "sync")] * 2
+    assert record.ids["run_id"] == unheard
+
+
 def test_a_dead_searchs_trials_are_told_fail_but_one_whose_job_still_runs(tmp_path):
     """The trials come from the jobs' Hydra settings, as each job found its study; a job
     whose record a live process holds (a SLURM job outliving its sweep) keeps its trial."""

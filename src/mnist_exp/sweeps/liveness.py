@@ -128,7 +128,8 @@ def end_leftovers(info: SweepInfo, sweep_dir: Path, by: str | None,
     try:
         open_jobs = [r.info.run_id for r in client.search_runs(
             [info.experiment_id], f"tags.`mlflow.parentRunId` = '{info.parent_run_id}' and "
-            "attributes.status = 'RUNNING'") if r.info.run_id not in recorded]
+            "attributes.status = 'RUNNING'") if r.info.run_id not in recorded
+            and run_key(r.info.run_name, r.info.start_time) not in recorded]
         for run_id in open_jobs:
             close_run(sweep_dir, info, run_id, "KILLED", tags)
         ends_parent = parent and _end_parent(info, sweep_dir, tags, client)
@@ -169,18 +170,29 @@ def reopen_parent(info: SweepInfo, sweep_dir: Path) -> None:
                  resume_run_id=info.parent_run_id, untag=(ENDED_BY,))
 
 
+def run_key(run_name: str | None, start_time: int | None) -> str:
+    """How a record knows its run before it has heard the run's id: a process killed
+    between the store's creating the run and the record's noting its id leaves a RUNNING
+    run of the record's name and start time, which the record's upload fills in
+    (replay.py), so it is not a run without a record."""
+    return f"{run_name}@{int(start_time or 0)}"
+
+
 def end_open_records(folder: Path, tags: dict[str, str],
                      skip: Path | None = None) -> tuple[int, set[str]]:
     """End KILLED, with `tags`, each run record under `folder` (but those under `skip`)
     that never ended (SIGKILL runs no handler) and that no live process holds (a job that
-    may still run is left to it); how many, and the run ids of every record (their runs
-    are the records' to end: the caller uploads them, upload_folder)."""
+    may still run is left to it); how many, and each record's run, by its id or, while it
+    has none, its run_key (their runs are the records' to end: the caller uploads them,
+    upload_folder)."""
     ended, recorded = 0, set()
     for record in find_records([folder]):
         try:
-            recorded.add(record.ids.get("run_id"))
+            run_id = record.ids.get("run_id")
         except UserError:  # a damaged ids.json: upload_folder names it
             continue
+        start = record.events[0] if record.events else {}
+        recorded.add(run_id or run_key(start.get("run_name"), start.get("start_time")))
         # A damaged record is repaired (ended FAILED) by upload_folder.
         if (record.ended or record.needs_repair or not record.events
                 or (skip is not None and skip in record.folder.parents)):

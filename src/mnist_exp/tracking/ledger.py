@@ -82,7 +82,12 @@ class Ledger:
         return ids
 
     def set_id(self, key: str, value: str) -> None:
-        self._write("ids.json", json.dumps(self.ids | {key: value}))
+        self.set_ids({key: value})
+
+    def set_ids(self, ids: dict[str, str]) -> None:
+        """Add `ids` in one write: a run's experiment and run ids appear together, so a
+        process killed between two writes cannot leave an ids.json that names no run."""
+        self._write("ids.json", json.dumps(self.ids | ids))
 
     def reset(self) -> None:
         """Forget what the store had: it lost the run, which is uploaded again, anew."""

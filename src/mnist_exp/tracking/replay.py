@@ -201,8 +201,7 @@ class Uploader:
         if run is not None:
             if event.get("resume_run_id"):
                 self.client.update_run(known, "RUNNING")
-            self.ledger.set_id("experiment_id", run.info.experiment_id)
-            self.ledger.set_id("run_id", known)
+            self.ledger.set_ids({"experiment_id": run.info.experiment_id, "run_id": known})
             return
         if known:
             log.warning("the tracking store has no run %s any more: creating it again", known)
@@ -212,8 +211,7 @@ class Uploader:
         run = (self._created_unheard(experiment_id, event) if self.careful else None) or \
             self.client.create_run(experiment_id, start_time=event["start_time"],
                                    tags=event["tags"], run_name=event["run_name"])
-        self.ledger.set_id("experiment_id", experiment_id)
-        self.ledger.set_id("run_id", run.info.run_id)
+        self.ledger.set_ids({"experiment_id": experiment_id, "run_id": run.info.run_id})
 
     def _created_unheard(self, experiment_id: str, event: dict[str, Any]) -> Any:
         """The run an earlier try created whose answer was lost (the store took it, the
