@@ -26,11 +26,12 @@ from helpers import ONE_EPOCH, child_env, run_module, sweep_runs
 from mnist_exp.errors import UserError
 from mnist_exp.sweeps import sweep_lock
 from mnist_exp.sweeps.liveness import ENDED_BY, end_dead_sweeps
+from mnist_exp.sweeps.parent import PARENT_DIR
 from mnist_exp.sweeps.sweep_lock import hold_sweep, locks_shared
 from mnist_exp.tracking.record import RunRecord
-from mnist_exp.tracking.store import SweepInfo, prepare_experiment
+from mnist_exp.tracking.store import SweepInfo, claim_sweep_dir, prepare_experiment
 from mnist_exp.tracking.tracker import Tracker
-from mnist_exp.tracking.upload import upload_folder
+from mnist_exp.tracking.upload import KEPT_OPEN, upload_folder
 
 HOOKS = {"PYTHONPATH": str(Path(__file__).parent)}
 SEARCH = ("-m", "hparams_search=optuna", "data=mnist_sample", "data.max_train_samples=300",
@@ -149,6 +150,53 @@ def test_a_job_killed_before_its_record_heard_its_runs_id_is_one_run_ended_once(
     assert sorted(r.info.run_id for r in jobs) == sorted([loose, unheard])
     assert [(r.info.status, r.data.tags[ENDED_BY]) for r in jobs] == [("KILLED", "sync")] * 2
     assert record.ids["run_id"] == unheard
+
+
+def unborn_sweep(tmp_path: Path) -> tuple[mlflow.MlflowClient, str, Path]:
+    """A sweep killed as it began: the store made its parent run (the record's start is
+    there, its id not yet), its folder is claimed but names no run, and no job ran. The
+    store's client, that run's id, and the folder."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    experiment = prepare_experiment(uri, "mnist_sample")
+    client, sweep = mlflow.MlflowClient(uri), tmp_path / "sweep"
+    assert claim_sweep_dir(sweep)
+    (sweep / sweep_lock.LOCK).write_text(f"pid 1 on {socket.gethostname()}\n")
+    record = RunRecord.create(sweep / PARENT_DIR / "mlflow_record")
+    (record.folder / KEPT_OPEN).touch()
+    start, tags = int(time.time() * 1000), {"mnist_exp.sweep": "parent"}
+    record.append("start", experiment_id=experiment, experiment_name="mnist_sample",
+                  run_name="sweep s", tags=tags, start_time=start)
+    parent = client.create_run(experiment, start_time=start, tags=tags,
+                               run_name="sweep s").info.run_id
+    return client, parent, sweep
+
+
+def test_a_sweep_killed_as_it_began_has_its_parent_ended_by_sync_and_its_folder_freed(
+        tmp_path):
+    client, parent, sweep = unborn_sweep(tmp_path)
+    synced = run_module("mnist_exp.sync", "sweep", cwd=tmp_path)
+    assert synced.returncode == 0, synced.stderr[-3000:]
+    assert synced.stdout.splitlines()[0] == (
+        f"sweep: the sweep's process had died as it began, before any job; ended KILLED "
+        f"({ENDED_BY}=sync): its parent run")
+    [run] = client.search_runs([client.get_run(parent).info.experiment_id])
+    assert (run.info.run_id, run.info.status, run.data.tags[ENDED_BY]) == (
+        parent, "KILLED", "sync")
+    assert not (sweep / "mlflow_sweep.json").exists()  # the same sweep may start there
+    assert "KILLED" not in run_module("mnist_exp.sync", "sweep", cwd=tmp_path).stdout
+
+
+@pytest.mark.slow
+def test_a_sweep_killed_as_it_began_starts_afresh_when_resumed(tmp_path):
+    _, parent, _ = unborn_sweep(tmp_path)
+    again = run_module("mnist_exp.run", "-m", "data=mnist_sample", *ONE_EPOCH,
+                       "hydra.sweep.dir=sweep", "hydra.callbacks.mlflow_sweep.resume=true",
+                       cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    _, parents, [job] = _runs(tmp_path)
+    assert sorted((p.info.run_id == parent, p.info.status, p.data.tags.get(ENDED_BY))
+                  for p in parents) == [(False, "FINISHED", None), (True, "KILLED", "resume")]
+    assert job.info.status == "FINISHED"
 
 
 def test_a_dead_searchs_trials_are_told_fail_but_one_whose_job_still_runs(tmp_path):

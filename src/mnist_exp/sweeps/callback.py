@@ -42,6 +42,7 @@ from mnist_exp.sweeps.cluster import check_partition, cores_per_job, is_slurm, q
 from mnist_exp.sweeps.liveness import (
     end_dead_searches,
     end_leftovers,
+    end_unborn_sweep,
     hold_sweep,
     reopen_parent,
     sweep_tags,
@@ -176,7 +177,11 @@ class MlflowSweepCallback(Callback):
         if is_slurm(config.hydra.launcher):
             quiet_submitit()
             check_partition(config.hydra.launcher.partition)
-        if self.resume and read_sweep_info(sweep_dir) is not None:
+        if self.resume and end_unborn_sweep(sweep_dir, "resume"):
+            from mnist_exp.tracking.upload import upload_folder
+
+            upload_folder(sweep_dir)  # its parent run, ended KILLED: this sweep starts afresh
+        elif self.resume and (sweep_dir / SWEEP_FILE).is_file():
             self._reopen(sweep_dir)
             return
         if not claim_sweep_dir(sweep_dir):
@@ -211,7 +216,13 @@ class MlflowSweepCallback(Callback):
         from mnist_exp.tracking.upload import upload_folder
 
         hold_sweep(sweep_dir)  # UserError if its earlier process still runs it
-        info = replace(read_sweep_info(sweep_dir), resumed=True)
+        try:
+            info = replace(read_sweep_info(sweep_dir), resumed=True)
+        except ValueError:  # claimed, never written: end_unborn_sweep could not judge it
+            raise UserError(
+                f"{sweep_dir}: its sweep's process died as it began ({SWEEP_FILE} is empty), "
+                "and whether it still runs cannot be told here; once it has ended, python -m "
+                f"mnist_exp.sync --dead-sweeps {sweep_dir} frees the folder") from None
         check_reachable(info.tracking_uri)
         end_leftovers(info, sweep_dir, "resume")
         upload_folder(sweep_dir)  # those runs' records, ended KILLED

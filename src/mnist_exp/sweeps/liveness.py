@@ -42,7 +42,9 @@ def end_dead_sweep(sweep_dir: Path, by: str, declared: bool = False) -> str | No
     it dead. A sweep kept for its summary (SUMMARY_PENDING) is sync's to finish, not to
     end. Its jobs' records are ended here and uploaded by the caller (upload_folder)."""
     info = _sweep_info(sweep_dir)
-    if info is None or (sweep_dir / SUMMARY_PENDING).exists():
+    if info is None:
+        return end_unborn_sweep(sweep_dir, by, declared)
+    if (sweep_dir / SUMMARY_PENDING).exists():
         return None
     with if_dead(sweep_dir) as dead:
         if dead is False and declared:
@@ -62,6 +64,26 @@ def end_dead_sweep(sweep_dir: Path, by: str, declared: bool = False) -> str | No
     return "; ".join([f"{sweep_dir}: the sweep's process had died" if dead else
                       f"{sweep_dir}: the sweep's process said to have ended", *ended,
                       *([trials] if trials else [])])
+
+
+def end_unborn_sweep(sweep_dir: Path, by: str, declared: bool = False) -> str | None:
+    """A sweep whose process died as it began, its folder claimed (SWEEP_FILE still empty)
+    and no job started: its parent run's record, if it has one, ended KILLED (its upload
+    fills in the run the store made, or makes it: replay.py), and the folder freed, so
+    the same sweep starts afresh there. One line, or None if it is not such a sweep, lives,
+    or cannot be judged (unless `declared` dead)."""
+    from mnist_exp.sweeps.parent import PARENT_DIR
+
+    claimed = sweep_dir / SWEEP_FILE
+    if not claimed.is_file() or claimed.stat().st_size:
+        return None
+    with if_dead(sweep_dir) as dead:
+        if not (dead or (dead is None and declared)):
+            return None
+        ended, _ = end_open_records(sweep_dir / PARENT_DIR, {ENDED_BY: by})
+        claimed.unlink()
+    return (f"{sweep_dir}: the sweep's process had died as it began, before any job; ended "
+            f"KILLED ({ENDED_BY}={by}): its parent run" if ended else None)
 
 
 def _fail_trials(sweep_dir: Path) -> str | None:

@@ -42,7 +42,11 @@ class SweepInfo:
     resumed: bool = False  # a re-run into the same folder: jobs already FINISHED are skipped
 
     def save(self, sweep_dir: Path) -> None:
-        (sweep_dir / SWEEP_FILE).write_text(json.dumps(asdict(self)))
+        """Whole or not at all: the file stays as it was (empty: claimed) if the process
+        dies or the disk refuses the write."""
+        from mnist_exp.tracking.ledger import write_atomic
+
+        write_atomic(sweep_dir / SWEEP_FILE, json.dumps(asdict(self)))
 
 
 def claim_sweep_dir(sweep_dir: Path) -> bool:
