@@ -1,9 +1,10 @@
 """A fault at every write: a tiny run (its model included) whose store fails at write k,
 for each k in turn, then `python -m mnist_exp.sync`; the store must then hold exactly what
-the same run without a fault holds (issue 25).
+the same run without a fault holds (issue 25). A run whose own process is killed at write
+k (client_killed) must hold all its local record held, once, and nothing RUNNING.
 
     python scripts/fault_harness.py --kinds killed,refused --k all     # every k: ~25 s each
-    python scripts/fault_harness.py --kinds killed --k 1,5,9
+    python scripts/fault_harness.py --kinds client_killed --sweep --k 1,5,9
 
 Write k is the k-th change the store is asked for (scripts/fault_proxy.py says what counts
 and how each kind fails). Compared: the runs' statuses, params, tags, every metric point
@@ -15,7 +16,10 @@ doubled. tests/tracking/test_fault_harness.py runs a few k with these functions.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -37,23 +41,32 @@ VOLATILE_METRICS = ("time_", "worker_utilisation")  # compared by key and step o
 # The run's last line for a fault that outlasts it, and what the run exits with.
 ENDS = {"killed": (3, "mnist-exp: error: tracking server {url} not answering"),
         "refused": (2, "mnist-exp: error: tracking store {url} refused"),
-        "lost_reply": (0, None)}
+        "lost_reply": (0, None), "client_killed": (-signal.SIGKILL, "")}
 
 
-def command(module: str, *args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
-    """`python -m module args` in `cwd`, with no tracking URI of the caller's."""
-    import os
-
+def command(module: str, *args: str, cwd: Path, timeout: int = 600,
+            proxy: FaultProxy | None = None) -> subprocess.CompletedProcess:
+    """`python -m module args` in `cwd`, with no tracking URI of the caller's, in a process
+    group of its own: `proxy`'s victim, for a client_killed fault."""
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI",)}
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    with subprocess.Popen([sys.executable, "-m", module, *args], cwd=cwd, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          start_new_session=True) as process:
+        if proxy is not None:
+            proxy.victim = process.pid
+        try:
+            out, err = process.communicate(timeout=timeout)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)  # what it started, if it outlived it
+    return subprocess.CompletedProcess(process.args, process.returncode, out, err)
 
 
 def tiny_run(proxy: FaultProxy, work: Path, experiment: str, sweep: bool = False
              ) -> subprocess.CompletedProcess:
     work.mkdir(parents=True, exist_ok=True)
     return command("mnist_exp.run", *(("-m", *SWEEP) if sweep else ()), f"tracking.uri={proxy.url}",
-                   *RUN, f"tracking.experiment_name={experiment}", cwd=work)
+                   *RUN, f"tracking.experiment_name={experiment}", cwd=work, proxy=proxy)
 
 
 def snapshot(uri: str, experiment: str) -> list[dict]:
@@ -158,8 +171,88 @@ def check_fault(proxy: FaultProxy, kind: str, k: int, work: Path, expected: list
     synced = command("mnist_exp.sync", "sweep" if sweep else "run", cwd=work)
     if synced.returncode != 0:
         problems.append(f"sync: exit {synced.returncode}: {synced.stderr[-1500:]}")
-    problems += differences(expected, snapshot(proxy.url, experiment))
-    return problems
+    got = snapshot(proxy.url, experiment)
+    if kind == "client_killed":
+        return problems + killed_differences(expected, got) + records_missing(work, proxy.url)
+    return problems + differences(expected, got)
+
+
+def _job(run: dict) -> tuple[str, str]:
+    return run["tags"].get("mnist_exp.sweep", "run"), run["tags"].get("sweep.job", "")
+
+
+def killed_differences(expected: list[dict], got: list[dict]) -> list[str]:
+    """A run (or sweep) killed outright cannot hold all the reference holds, but once synced
+    it holds each of the reference's runs at most once, none RUNNING, and nothing the
+    reference lacks: no point, artifact or model doubled or made up."""
+    want = {_job(run): run for run in expected}
+    lines = [f"{job}: {count} runs" for job, count in Counter(map(_job, got)).items()
+             if count > 1]
+    for run in got:
+        job, reference = _job(run), want.get(_job(run))
+        if reference is None:
+            lines.append(f"{job}: a run the reference lacks")
+            continue
+        if run["status"] not in ("FINISHED", "KILLED"):
+            lines.append(f"{job}: {run['status']}")
+        extra = {
+            "params": {k: v for k, v in run["params"].items() if reference["params"].get(k) != v},
+            "metrics": {p: n for p, n in run["metrics"].items()
+                        if n > reference["metrics"].get(p, 0)},
+            "artifacts": set(run["artifacts"]) - set(reference["artifacts"]),
+            "models": Counter(m[:2] for m in run["models"]) - Counter(
+                m[:2] for m in reference["models"])}
+        lines += [f"{job} {field}: extra {str(value)[:300]}" for field, value in extra.items()
+                  if value]
+    return lines
+
+
+def records_missing(work: Path, uri: str) -> list[str]:
+    """What the local records under `work` hold that their runs in the store lack, one
+    line each: what a killed run had recorded is never lost."""
+    import mlflow
+
+    from mnist_exp.tracking.record import find_records
+
+    client, lines = mlflow.MlflowClient(uri), []
+    for record in find_records([work]):
+        run_id = record.ids.get("run_id")
+        if run_id is None:
+            lines.append(f"{record.folder}: never uploaded")
+            continue
+        run = client.get_run(run_id)
+        held = {"params": set(run.data.params), "tags": set(run.data.tags),
+                "metrics": set(), "artifacts": set(_artifacts(client, run_id, None))}
+        held["metrics"] = {(key, m.step) for key in run.data.metrics
+                           for m in client.get_metric_history(run_id, key)}
+        wanted = {field: set() for field in held}
+        for event in record.events:
+            op = event["op"]
+            if op in ("params", "tags"):
+                wanted[op] |= set(event["values"])
+            elif op == "untag":
+                wanted["tags"] -= set(event["keys"])
+            elif op == "metrics":
+                wanted[op] |= {(key, event["step"]) for key in event["values"]}
+            elif op == "artifact":
+                wanted["artifacts"] |= _recorded_files(record.folder / event["file"],
+                                                       event.get("artifact_path"))
+            elif op == "end" and run.info.status != event["status"]:
+                lines.append(f"{record.folder}: {run.info.status}, not {event['status']}")
+        held["artifacts"] |= {path[:i + 1] for path in held["artifacts"]
+                              for i, c in enumerate(path) if c == "/"}  # and their folders
+        lines += [f"{record.folder} {field}: lacks {sorted(wanted[field] - held[field])[:5]}"
+                  for field in held if wanted[field] - held[field]]
+    return lines
+
+
+def _recorded_files(local: Path, artifact_path: str | None) -> set[str]:
+    """The store's paths of a recorded artifact. One the record let go of once the store
+    took it (its file or folder is gone) is looked for by its folder alone."""
+    prefix = f"{artifact_path}/" if artifact_path else ""
+    if local.is_dir():
+        return {prefix + str(p.relative_to(local)) for p in local.rglob("*") if p.is_file()}
+    return {prefix + local.name} if local.exists() or not prefix else {prefix}
 
 
 def reference(proxy: FaultProxy, work: Path, sweep: bool = False) -> list[dict]:

@@ -12,6 +12,8 @@ k-th change the store was asked for, from 1. Kinds of fault at write k:
 - refused: write k is answered 400 with MLflow's error JSON, not passed on; the rest go through.
 - lost_reply: write k reaches the store, but its answer is lost (the connection closed):
   the caller cannot tell it was taken; the rest go through.
+- client_killed: write k reaches the store, and the process that asked for it (the process
+  group `victim`) is killed outright (SIGKILL: no handler runs) before it hears the answer.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import signal
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -26,7 +29,7 @@ from pathlib import Path
 
 from service_procs import answers, free_port, spawn, stop_group, wait_until
 
-KINDS = ("killed", "refused", "lost_reply")
+KINDS = ("killed", "refused", "lost_reply", "client_killed")
 WRITES = ("POST", "PATCH", "DELETE", "PUT")
 HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "host"}
 
@@ -46,6 +49,7 @@ class FaultProxy(ThreadingHTTPServer):
         self.k = 0
         self.writes: list[tuple[str, str]] = []
         self.faulted: list[tuple[str, str]] = []  # the writes the fault hit
+        self.victim: int | None = None  # client_killed's process group
         self.thread = threading.Thread(target=self.serve_forever, daemon=True)
         self.thread.start()
 
@@ -64,8 +68,9 @@ class FaultProxy(ThreadingHTTPServer):
             self.kind = None
 
     def verdict(self, method: str, path: str) -> str:
-        """What to do with a request: forward, drop (close unanswered), refuse, or
-        forward_drop (pass on, then lose the answer)."""
+        """What to do with a request: forward, drop (close unanswered), refuse,
+        forward_drop (pass on, then lose the answer) or forward_kill (pass on, then kill
+        the victim)."""
         with self.lock:
             write = method in WRITES and path.startswith("/api/2.0/mlflow") and not (
                 path.split("?")[0].endswith("/search"))
@@ -76,9 +81,11 @@ class FaultProxy(ThreadingHTTPServer):
                 if write:
                     self.faulted.append(self.writes[-1])
                 return "drop"
-            if write and number == self.k and self.kind in ("refused", "lost_reply"):
+            if write and number == self.k and self.kind in ("refused", "lost_reply",
+                                                            "client_killed"):
                 self.faulted.append(self.writes[-1])
-                return "refuse" if self.kind == "refused" else "forward_drop"
+                return {"refused": "refuse", "lost_reply": "forward_drop"}.get(
+                    self.kind, "forward_kill")
             return "forward"
 
     def close(self) -> None:
@@ -110,7 +117,9 @@ class _Handler(BaseHTTPRequestHandler):
                          [("Content-Type", "application/json")])
             return
         status, headers, answer = self._forward(body)
-        if verdict == "forward_drop":
+        if verdict == "forward_kill" and self.server.victim is not None:
+            os.killpg(self.server.victim, signal.SIGKILL)
+        if verdict in ("forward_drop", "forward_kill"):
             self.close_connection = True
             return
         self._answer(status, answer, headers)

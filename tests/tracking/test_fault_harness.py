@@ -1,6 +1,7 @@
 """A fault at write k loses nothing and doubles nothing (issue 25): a tiny run (its model
 included) whose store is killed at write k, or refuses write k, then `python -m
-mnist_exp.sync`; the store then holds exactly what the same run without a fault holds.
+mnist_exp.sync`; the store then holds exactly what the same run without a fault holds. A
+run (or sweep) whose own process is killed at write k then holds what its record held.
 
 One real `mlflow server` for the module, behind the fault proxy of scripts/fault_proxy.py
 (a thread here); every k is scripts/fault_harness.py's, which these tests share. The default
@@ -79,7 +80,7 @@ def sweep_reference(store, tmp_path_factory):
     """What the fault-free 2-job sweep left in the store, and how many writes it made."""
     proxy, _, _ = store
     expected = fault_harness.reference(proxy, tmp_path_factory.mktemp("sweep"), sweep=True)
-    return expected, len(proxy.writes)
+    return expected, list(proxy.writes)
 
 
 @pytest.mark.slow
@@ -88,8 +89,33 @@ def test_a_fault_in_a_sweeps_summary_loses_nothing(store, sweep_reference, tmp_p
     """A 2-job grid sweep whose store fails at one of its last writes (the parent's summary:
     best_* metrics, best_run_id tag, ranking and plot), then sync of the sweep folder."""
     proxy, _, _ = store
-    expected, writes = sweep_reference
+    expected, writes = sweep_reference[0], len(sweep_reference[1])
     [parent] = [r for r in expected if r["tags"].get("mnist_exp.sweep") == "parent"]
     assert len(expected) == 3 and "best_run_id" in parent["tags"]
     assert fault_harness.check_fault(proxy, kind, writes - 3, tmp_path, expected,
                                      sweep=True) == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("k", (2, 13, 24, 34))
+def test_a_run_killed_outright_at_write_k_is_whole_once_synced(store, tmp_path, k):
+    """The run's own process killed (SIGKILL) once the store took write k, before it heard
+    the answer: once synced, the store holds all its record held, once, and nothing
+    RUNNING. 2: the run made, its id unheard; 13: its model made; 24: the model finished."""
+    proxy, expected, _ = store
+    assert fault_harness.check_fault(proxy, "client_killed", k, tmp_path, expected) == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("made", (1, 3))
+def test_a_sweep_killed_outright_as_a_run_is_made_is_whole_once_synced(
+        store, sweep_reference, tmp_path, made):
+    """The sweep's process killed once the store made run `made` (1: the parent, before the
+    sweep's folder named it; 3: job 1's, before its record heard the id; CI caught that
+    one counted twice and doubled)."""
+    proxy, _, _ = store
+    expected, writes = sweep_reference
+    creates = [k for k, (_, path) in enumerate(writes, 1) if path.endswith("/runs/create")]
+    assert len(creates) == 3  # the parent and two jobs
+    assert fault_harness.check_fault(proxy, "client_killed", creates[made - 1], tmp_path,
+                                     expected, sweep=True) == []
