@@ -29,7 +29,7 @@ from omegaconf import OmegaConf, open_dict, read_write
 
 from mnist_exp.sweeps.cluster import STOP_REASON, STOPPED_EXIT, take_slurm_signals
 from mnist_exp.sweeps.failures import STOPPED, write_failure
-from mnist_exp.sweeps.liveness import end_open_records
+from mnist_exp.sweeps.leftovers import end_open_records
 
 log = logging.getLogger(__name__)
 

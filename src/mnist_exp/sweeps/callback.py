@@ -39,9 +39,9 @@ from omegaconf.errors import InterpolationResolutionError
 
 from mnist_exp.errors import NotUploaded, ServerDown, TrackingError, UserError, exit_with
 from mnist_exp.sweeps.cluster import check_partition, cores_per_job, is_slurm, quiet_submitit
+from mnist_exp.sweeps.leftovers import end_leftovers
 from mnist_exp.sweeps.liveness import (
     end_dead_searches,
-    end_leftovers,
     end_unborn_sweep,
     hold_sweep,
     reopen_parent,
@@ -80,7 +80,7 @@ def threads_per_job(launcher: DictConfig | dict, cores: int | None = None) -> in
 def _end_if_open(info: SweepInfo, sweep_dir: Path) -> None:
     """After Ctrl-C or a crash skipped on_multirun_end: end the parent run KILLED, and any
     job's run its process could not end (joblib kills its workers as soon as the launching
-    process is interrupted), each through its record (liveness.end_leftovers)."""
+    process is interrupted), each through its record (leftovers.end_leftovers)."""
     from mnist_exp.sweeps.parent import now, parent_record, upload
     from mnist_exp.tracking.upload import upload_folder
 
