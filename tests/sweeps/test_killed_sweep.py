@@ -27,6 +27,7 @@ from mnist_exp.errors import UserError
 from mnist_exp.sweeps import sweep_lock
 from mnist_exp.sweeps.liveness import ENDED_BY, end_dead_sweeps
 from mnist_exp.sweeps.parent import PARENT_DIR
+from mnist_exp.sweeps.study import PRUNED_ATTR
 from mnist_exp.sweeps.sweep_lock import hold_sweep, locks_shared
 from mnist_exp.tracking.record import RunRecord
 from mnist_exp.tracking.store import SweepInfo, claim_sweep_dir, prepare_experiment
@@ -201,11 +202,18 @@ def test_a_sweep_killed_as_it_began_starts_afresh_when_resumed(tmp_path):
 
 def test_a_dead_searchs_trials_are_told_fail_but_one_whose_job_still_runs(tmp_path):
     """The trials come from the jobs' Hydra settings, as each job found its study; a job
-    whose record a live process holds (a SLURM job outliving its sweep) keeps its trial."""
-    client, parent, _, trackers = open_sweep(tmp_path)
+    whose record a live process holds (a SLURM job outliving its sweep) keeps its trial,
+    and one whose job has finished since is told what the job answered: its value, or
+    PRUNED."""
+    client, parent, _, trackers = open_sweep(tmp_path, jobs=4)
     sweep = tmp_path / "sweep"
     study = optuna.create_study(study_name="s", storage=f"sqlite:///{tmp_path}/optuna.db")
-    trials = [study.ask({}) for _ in range(3)]  # trial 2: another search's, running
+    trials = [study.ask({}) for _ in range(5)]  # trial 4: another search's, running
+    trials[3].set_user_attr(PRUNED_ATTR, 1)
+    for tracker in trackers[2:]:  # jobs 2 and 3 finished
+        tracker.emit("metrics", values={"final_val_accuracy": 0.875}, step=0,
+                     timestamp=int(time.time() * 1000))
+        tracker.emit("end", status="FINISHED", end_time=int(time.time() * 1000))
     for job, tracker in enumerate(trackers):
         settings = tracker.record.folder.parent / ".hydra" / "hydra.yaml"
         settings.parent.mkdir()
@@ -218,9 +226,13 @@ def test_a_dead_searchs_trials_are_told_fail_but_one_whose_job_still_runs(tmp_pa
         [line] = end_dead_sweeps([sweep])
     finally:
         trackers[1].record.let_go()
-    assert line.endswith(f"and 2 job run(s); Optuna trial(s) 0 of study 's' in "
-                         f"sqlite:///{tmp_path.resolve()}/optuna.db told FAIL")
-    assert [t.state.name for t in study.trials] == ["FAIL", "RUNNING", "RUNNING"]
+    storage = f"sqlite:///{tmp_path.resolve()}/optuna.db"
+    assert line.endswith(f"and 2 job run(s); Optuna trial(s) 2, 3 of study 's' in {storage} "
+                         f"told their finished jobs' results; Optuna trial(s) 0 of study "
+                         f"'s' in {storage} told FAIL")
+    assert [t.state.name for t in study.trials] == [
+        "FAIL", "RUNNING", "COMPLETE", "PRUNED", "RUNNING"]
+    assert study.trials[2].value == 0.875 and "abandoned" not in study.trials[2].user_attrs
     assert client.get_run(parent).info.status == "RUNNING"  # ended in its record, not yet
     assert upload_folder(sweep) == [] and client.get_run(parent).info.status == "KILLED"
 

@@ -148,6 +148,7 @@ def _tell(study: Any, trial: Any, ret: JobReturn) -> None:
     from optuna.trial import TrialState
 
     from mnist_exp.sweeps.failures import read_failure
+    from mnist_exp.sweeps.study import PRUNED_ATTR
 
     try:
         value = float(ret.return_value)
@@ -162,7 +163,7 @@ def _tell(study: Any, trial: Any, ret: JobReturn) -> None:
         trial.set_user_attr("fail_reason", reason[:1000])
         study.tell(trial, state=TrialState.FAIL)
         log.warning("Trial %d failed: %s", trial.number, reason.splitlines()[0])
-    elif "pruned_at_epoch" in _reported(study, trial.number):
+    elif PRUNED_ATTR in _reported(study, trial.number):
         study.tell(trial, state=TrialState.PRUNED)
         log.info("Trial %d pruned (val_accuracy %.4f)", trial.number, value)
     else:

@@ -9,9 +9,10 @@ already has is skipped. Only what a store took counts as uploaded: one that refu
 password, a run it lacks, a value, not an MLflow store) is named in one line, exit 2. A
 sweep whose server was away at its end gets its summary (ranking, plot, best model) on its
 parent run once its jobs are uploaded. A sweep whose process died (its sweep.lock is free)
-has its open runs ended KILLED, and its Optuna trials still running told FAIL; one whose
-life cannot be told (no sweep.lock: started before sweeps held one) is named, and ended
-so only with --dead-sweeps.
+has its open runs ended KILLED, and its Optuna trials still running told FAIL (or, if
+their jobs finished after it died, their results); one whose life cannot be told (no
+sweep.lock: started before sweeps held one) is named, and ended so only with
+--dead-sweeps.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Ending, once a sweep's process has died (liveness.py judges that), what it left open:
 the runs it had started, each ended KILLED through a local record (uploaded as any record
 is: its jobs' own, its parent's, parent.py, and, for a run with none here, one that
-writes to it), and an Optuna search's trials still running, told FAIL.
+writes to it), and an Optuna search's trials still running, told FAIL, or their finished
+jobs' results.
 """
 
 from __future__ import annotations
@@ -21,16 +22,17 @@ log = logging.getLogger(__name__)
 
 def fail_trials(sweep_dir: Path) -> str | None:
     """A dead search's trials still running told FAIL (study.fail_dead_trials), but those
-    whose job still runs (its record held: a SLURM job outliving its sweep): a phrase
-    naming them, or None; a study that cannot be opened is named in a warning, and the
-    same search run again ends them."""
+    whose job still runs (its record held: a SLURM job outliving its sweep), left, and
+    those whose job has finished since (a SLURM job goes on without its search), told its
+    result: a phrase naming them, or None; a study that cannot be opened is named in a
+    warning, and the same search run again ends them."""
     from mnist_exp.sweeps.study import fail_dead_trials, trial_jobs
 
     try:
         jobs = trial_jobs(sweep_dir)
         if not jobs:
             return None  # a grid sweep
-        live = []
+        live, finished = [], {}
         for record in find_records([sweep_dir]):
             try:
                 if not record.ended:
@@ -39,12 +41,28 @@ def fail_trials(sweep_dir: Path) -> str | None:
                 live.append(record.folder.parent)
             finally:
                 record.let_go()
+            value = _finished_value(record)
+            trial = next((t for file, t in jobs if file.parent.parent == record.folder.parent),
+                         None)
+            if value is not None and trial is not None:
+                finished[trial] = value
         return fail_dead_trials([(file, trial) for file, trial in jobs
-                                 if not any(job in file.parents for job in live)])
+                                 if not any(job in file.parents for job in live)], finished)
     except Exception as e:
         log.warning("%s: could not end the Optuna trials its dead search left running (%s); "
                     "the same search run again ends them", sweep_dir, first_line(e))
         return None
+
+
+def _finished_value(record: Any) -> float | None:
+    """The validation accuracy a FINISHED job's run recorded (what its job answered the
+    sweeper, cli/run.py), or None."""
+    from mnist_exp.sweeps.ranking import VALIDATION  # not at the top: it draws (matplotlib)
+
+    if not record.ended or record.events[-1].get("status") != "FINISHED":
+        return None
+    return next((e["values"][VALIDATION] for e in reversed(record.events)
+                 if e["op"] == "metrics" and VALIDATION in e["values"]), None)
 
 
 def end_leftovers(info: SweepInfo, sweep_dir: Path, by: str | None,

@@ -4,7 +4,7 @@ accuracy to the trial and stops training when the study's pruner says so.
 The job may run in another process than the sweeper (joblib's workers, a SLURM node), so it
 opens the study itself, by storage URL and name, and addresses its trial by id
 (study.TrialLink, handed over by the sweeper). It only reports; telling the trial's end is
-the sweeper's job, which reads the `pruned_at_epoch` user attribute set here.
+the sweeper's job, which reads the user attribute set here (study.PRUNED_ATTR).
 """
 
 from __future__ import annotations
@@ -13,7 +13,13 @@ import logging
 
 import keras
 
-from mnist_exp.sweeps.study import PRUNED_TAG, TrialLink, make_pruner, open_storage
+from mnist_exp.sweeps.study import (
+    PRUNED_ATTR,
+    PRUNED_TAG,
+    TrialLink,
+    make_pruner,
+    open_storage,
+)
 from mnist_exp.tracking.upload import Tracker
 
 log = logging.getLogger(__name__)
@@ -43,7 +49,7 @@ class PruneTrial(keras.callbacks.Callback):
         last = epoch + 1 >= self.params.get("epochs", 0)  # nothing left to save: let it finish
         if not last and self.trial.should_prune():
             self.pruned_at = epoch + 1
-            self.trial.set_user_attr("pruned_at_epoch", self.pruned_at)
+            self.trial.set_user_attr(PRUNED_ATTR, self.pruned_at)
             self.tracker.emit("tags", values={PRUNED_TAG: "true"})
             log.info("Optuna pruned trial %d after epoch %d (val_accuracy %.4f)",
                      self.trial.number, self.pruned_at, value)

@@ -37,6 +37,7 @@ ALLOWED = ("null (sqlite:///optuna.db in the launch folder), sqlite:///PATH (one
 TRIAL_ENV = "MNIST_EXP_OPTUNA_TRIAL"  # set in a trial's job by the sweeper (hydra.job.env_set)
 _TRIAL_LINE = re.compile(rf"^\s+{TRIAL_ENV}: '?(\d+)'?\s*$", re.MULTILINE)  # in hydra.yaml
 PRUNED_TAG = "optuna.pruned"
+PRUNED_ATTR = "pruned_at_epoch"  # a trial's user attribute: its job was pruned at that epoch
 ABANDONED = "abandoned"  # a trial's user attribute: left RUNNING by a search that died
 SAMPLERS = ("tpe", "random", "cmaes")
 PRUNERS = ("median", "none")
@@ -133,11 +134,14 @@ def trial_jobs(sweep_dir: Path) -> list[tuple[Path, int]]:
             if (m := _TRIAL_LINE.search(file.read_text(errors="replace")))]
 
 
-def fail_dead_trials(jobs: list[tuple[Path, int]]) -> str | None:
+def fail_dead_trials(jobs: list[tuple[Path, int]],
+                     finished: dict[int, float] | None = None) -> str | None:
     """For sync, once a search's process has died: the trials of these jobs (trial_jobs)
     that its study still holds RUNNING, told FAIL as the same search run again would tell
-    them (fail_abandoned); a phrase that names them, or None. The study is the one the
-    jobs' settings name, found as each job found it."""
+    them (fail_abandoned), but those whose job finished (`finished`: trial id -> its
+    validation accuracy: a worker may outlive its search) told as the search would have
+    (tell_finished); a phrase that names them, or None. The study is the one the jobs'
+    settings name, found as each job found it."""
     study = _study_of(jobs[0][0]) if jobs else None
     if study is None:
         return None
@@ -147,12 +151,31 @@ def fail_dead_trials(jobs: list[tuple[Path, int]]) -> str | None:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    numbers = fail_abandoned(optuna.load_study(study_name=name, storage=open_storage(url)),
-                             {trial for _, trial in jobs})
-    if not numbers:
-        return None
-    return (f"Optuna trial(s) {', '.join(map(str, numbers))} of study {name!r} in "
-            f"{redact(url)} told FAIL")
+    loaded = optuna.load_study(study_name=name, storage=open_storage(url))
+    told = tell_finished(loaded, finished or {})
+    failed = fail_abandoned(loaded, {trial for _, trial in jobs} - set(finished or {}))
+    what = [f"Optuna trial(s) {', '.join(map(str, numbers))} of study {name!r} in "
+            f"{redact(url)} told {state}" for state, numbers in
+            [("their finished jobs' results", told), ("FAIL", failed)] if numbers]
+    return "; ".join(what) or None
+
+
+def tell_finished(study: Any, values: dict[int, float]) -> list[int]:
+    """Tell the RUNNING trials with these ids what their finished jobs answered, as the
+    sweeper would have: PRUNED if the job was pruned, else COMPLETE with its value. Their
+    numbers."""
+    from optuna.trial import TrialState
+
+    told = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if t._trial_id not in values:
+            continue
+        if PRUNED_ATTR in t.user_attrs:
+            study.tell(t.number, state=TrialState.PRUNED, skip_if_finished=True)
+        else:
+            study.tell(t.number, values[t._trial_id], skip_if_finished=True)
+        told.append(t.number)
+    return told
 
 
 def _study_of(job_settings: Path) -> tuple[str, str] | None:
