@@ -3,12 +3,18 @@ loky itself, with a real worker process, does or does not replace it."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 from joblib.externals.loky import ProcessPoolExecutor
 
+from helpers import child_env
 from mnist_exp.sweeps import workers
 
 KEPT: list[bytes] = []  # in the worker: what a job keeps for the next (datasets, models)
@@ -52,3 +58,46 @@ def test_the_limit_leaves_the_machine_room_for_every_worker(total_gib, n, limit_
 def test_n_jobs_as_joblib_counts_them():
     assert [workers.concurrent_jobs(n, cores=8) for n in (None, 1, 3, -1, -2, -20)] == [
         1, 1, 3, 8, 7, 1]
+
+
+ORPHANED = """
+import os, signal, time
+from joblib import Parallel, delayed
+
+def job():
+    from mnist_exp.sweeps.workers import keep_worker_between_jobs
+    keep_worker_between_jobs(workers=2)
+    return os.getpid()
+
+pids = Parallel(n_jobs=2)(delayed(job)() for _ in range(2))
+print(" ".join(map(str, sorted(set(pids)))), flush=True)
+os.kill(os.getpid(), signal.SIGKILL)  # the sweep's process killed outright
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"  # a zombie has ended; its new parent reaps it when it will
+
+
+def test_a_kept_worker_ends_once_its_sweeps_process_is_killed_outright(tmp_path):
+    """Else it idles, holding what it keeps (GBs), until loky's idle timeout. Output goes
+    to a file: a worker that got no job idles on, and would hold a pipe."""
+    out = tmp_path / "out"
+    with out.open("w") as log:
+        sweep = subprocess.Popen([sys.executable, "-c", ORPHANED], env=child_env(),
+                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            assert sweep.wait(timeout=120) == -signal.SIGKILL, out.read_text()[-2000:]
+            pids = [int(pid) for pid in out.read_text().split()]
+            assert pids and os.getpid() not in pids
+            deadline = time.monotonic() + 30  # loky's own idle timeout is 300 s
+            while any(map(_alive, pids)) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert not any(map(_alive, pids)), [p for p in pids if _alive(p)]
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(sweep.pid, signal.SIGKILL)  # a worker that got no job
