@@ -139,7 +139,7 @@ def fail_dead_trials(jobs: list[tuple[Path, int]],
     """For sync, once a search's process has died: the trials of these jobs (trial_jobs)
     that its study still holds RUNNING, told FAIL as the same search run again would tell
     them (fail_abandoned), but those whose job finished (`finished`: trial id -> its
-    validation accuracy: a worker may outlive its search) told as the search would have
+    validation accuracy: a SLURM job may outlive its search) told as the search would have
     (tell_finished); a phrase that names them, or None. The study is the one the jobs'
     settings name, found as each job found it."""
     study = _study_of(jobs[0][0]) if jobs else None

@@ -14,10 +14,10 @@ that has traced enough models is still replaced, at a size the machine can hold 
 every worker at once.
 
 A kept worker also outlives its sweep's process if that is killed outright (kill -9, the
-OOM killer): loky's workers then finish their job and idle, holding their memory, until
-loky's own idle timeout. So a worker ends itself, as its sweep would have ended it, once
-its sweep's process is gone; what its run had open is ended as a dead sweep's is
-(sweeps/liveness.py).
+OOM killer): loky's workers then finish their job and idle on for good, holding their
+memory (loky's idle timeout never ends them). So a worker ends itself, as its sweep would
+have ended it, once its sweep's process is gone; what its run had open is ended as a
+dead sweep's is (sweeps/leftovers.py).
 """
 
 from __future__ import annotations
