@@ -84,8 +84,8 @@ def _alive(pid: int) -> bool:
 
 
 def test_a_kept_worker_ends_once_its_sweeps_process_is_killed_outright(tmp_path):
-    """Else it idles, holding what it keeps (GBs), until loky's idle timeout. Output goes
-    to a file: a worker that got no job idles on, and would hold a pipe."""
+    """Else it idles on for good, holding what it keeps (GBs). Output goes to a file: a
+    worker that got no job idles on, and would hold a pipe."""
     out = tmp_path / "out"
     with out.open("w") as log:
         sweep = subprocess.Popen([sys.executable, "-c", ORPHANED], env=child_env(),
@@ -94,7 +94,7 @@ def test_a_kept_worker_ends_once_its_sweeps_process_is_killed_outright(tmp_path)
             assert sweep.wait(timeout=120) == -signal.SIGKILL, out.read_text()[-2000:]
             pids = [int(pid) for pid in out.read_text().split()]
             assert pids and os.getpid() not in pids
-            deadline = time.monotonic() + 30  # loky's own idle timeout is 300 s
+            deadline = time.monotonic() + 30  # the thread polls once a second
             while any(map(_alive, pids)) and time.monotonic() < deadline:
                 time.sleep(0.2)
             assert not any(map(_alive, pids)), [p for p in pids if _alive(p)]
